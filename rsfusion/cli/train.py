@@ -1,0 +1,167 @@
+"""``python scripts/train.py --cfg NAME [--set a.b=v ...] [--resume CKPT] [--dry-run] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rsfusion.catalog import DatasetCard, load_card
+from rsfusion.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
+from rsfusion.data.labels import LabelColourError
+from rsfusion.data.tiles import TileError, find_tiles
+from rsfusion.models.base import ModelSpec, count_parameters
+from rsfusion.models.baselines import WeightsError
+
+USER_ERRORS = (ConfigError, TileError, LabelColourError, WeightsError, FileNotFoundError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsfusion-train", description=__doc__)
+    parser.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="override config values, e.g. --set trainer.max_steps=3 data.root=/data/vaihingen",
+    )
+    parser.add_argument("--resume", metavar="CKPT", help="continue a run from a checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="build the model, check, exit")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<cfg>/<time>/)")
+    return parser
+
+
+def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
+    """The model's build spec from the config and the dataset card."""
+    x_channels = len(card.modality(cfg.data.x).bands) if cfg.data.x else 0
+    return ModelSpec(
+        name=cfg.model.name,
+        num_classes=card.num_classes,
+        rgb_channels=len(card.modality(cfg.data.rgb).bands),
+        x_channels=x_channels,
+        arch=cfg.model.arch,
+        backbone=cfg.model.backbone,
+        weights=cfg.model.weights,
+        weights_required=cfg.model.weights_required,
+        kwargs=dict(cfg.model.kwargs),
+    )
+
+
+def dry_run(cfg: ExperimentConfig) -> int:
+    """Build the model (random init, no weights), print its parameters, check the data root."""
+    from rsfusion.models.base import build_model
+
+    card = load_card(cfg.data.card)
+    spec = model_spec(cfg, card)
+    model = build_model(ModelSpec(**{**spec.__dict__, "weights": None}))
+    print(f"config {cfg.name}: model {spec.name} ({spec.arch}/{spec.backbone}), card {card.name}")
+    print(f"{'module':<40} {'total':>14} {'trainable':>14}")
+    for name, child in model.named_children():
+        total, trainable = count_parameters(child)
+        print(f"{name:<40} {total:>14,} {trainable:>14,}")
+    total, trainable = count_parameters(model)
+    print(f"params: total={total} trainable={trainable}")
+    if cfg.data.root is not None:
+        from rsfusion.data.datamodule import ISPRSDataModule
+
+        dm = ISPRSDataModule(cfg.data, cfg.seed)
+        for split in ("train", "val", "test"):
+            wanted = dm.tiles_of(split)
+            found, missing = find_tiles(card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x)
+            note = f", missing {missing}" if missing else ""
+            print(f"data {split}: {len(found)} of {len(wanted)} tiles under {cfg.data.root}{note}")
+            if split != "test" and not found:
+                raise TileError(f"no {split} tile under {cfg.data.root}; check data.root")
+    return 0
+
+
+def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
+    if out:
+        folder = Path(out)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path.cwd() / "runs" / cfg.name / stamp
+        n = 1
+        while folder.exists():
+            folder = Path.cwd() / "runs" / cfg.name / f"{stamp}-{n}"
+            n += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Path:
+    """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from rsfusion.data.datamodule import ISPRSDataModule
+    from rsfusion.training.task import SegmentationTask
+
+    L.seed_everything(cfg.seed, workers=True)
+    save_config(cfg, folder / "config.yaml")
+    card = load_card(cfg.data.card)
+    dm = ISPRSDataModule(cfg.data, cfg.seed)
+    spec = model_spec(cfg, card)
+    meta = {**dm.describe(), "config": config_to_dict(cfg), "model": spec.__dict__}
+    task = SegmentationTask(
+        model=spec.__dict__,
+        optim=config_to_dict(cfg)["optim"],
+        ignore_index=card.ignore_index,
+        metric_classes=card.metric_classes,
+        class_names=card.class_names,
+        meta=meta,
+    )
+    ckpt_dir = folder / "checkpoints"
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best-{step}", monitor="val/mIoU", mode="max",
+            save_top_k=1,
+        ),
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                        save_on_train_epoch_end=True),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    trainer_args: dict[str, Any] = {
+        "default_root_dir": str(folder),
+        "logger": [
+            CSVLogger(str(folder), name="logs", version=""),
+            TensorBoardLogger(str(folder), name="logs", version="", default_hp_metric=False),
+        ],
+        "callbacks": callbacks,
+        "deterministic": False,
+        **cfg.trainer,
+    }
+    trainer = L.Trainer(**trainer_args)
+    trainer.fit(task, datamodule=dm, ckpt_path=resume)
+    last = ckpt_dir / "last.ckpt"
+    tmp = ckpt_dir / ".last.ckpt.partial"
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, last)
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
+    try:
+        cfg = load_config(args.cfg, args.set)
+        if args.dry_run:
+            return dry_run(cfg)
+        folder = run_folder(cfg, args.out)
+        print(f"run folder: {folder}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            last = train(cfg, folder, args.resume)
+        print(f"last checkpoint: {last}")
+        return 0
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

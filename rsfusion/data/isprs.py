@@ -1,0 +1,227 @@
+"""ISPRS Vaihingen and Potsdam on torchgeo: orthophoto, DSM or nDSM, and colour-coded labels.
+
+torchgeo's own Vaihingen2D / Potsdam2D load whole tiles and no elevation; these classes are
+RasterDatasets over the files a dataset card names, intersected orthophoto first (so the
+orthophoto's CRS and resolution rule), with RGB and X kept apart as ``image`` and ``image_x``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio.merge
+import torch
+from torch import Tensor
+from torchgeo.datasets import IntersectionDataset, RasterDataset
+from torchgeo.datasets.utils import GeoSlice
+
+from rsfusion.catalog import DatasetCard, load_card
+from rsfusion.data.labels import PaletteDecoder
+from rsfusion.data.normalise import XNorm
+from rsfusion.data.tiles import GeoRaster, Tile, TileError, find_tiles
+
+Sample = dict[str, Any]
+
+
+class _RasterList(RasterDataset):
+    """A RasterDataset over an explicit list of sources (paths or ``vrt://`` URLs)."""
+
+    filename_glob = "*"
+
+    def __init__(self, rasters: Sequence[GeoRaster], cache: bool = True) -> None:
+        grid = rasters[0].grid
+        self.rasters = {r.source: r for r in rasters}
+        super().__init__(
+            paths=[r.source for r in rasters],
+            crs=grid.crs,
+            res=(abs(grid.transform.a), abs(grid.transform.e)),
+            cache=cache,
+        )
+
+    def _bounds(
+        self, query: GeoSlice
+    ) -> tuple[tuple[float, float, float, float], tuple[float, float]]:
+        x, y, _ = self._disambiguate_slice(query)
+        return (x.start, y.start, x.stop, y.stop), (x.step, y.step)
+
+    def hits(self, query: GeoSlice) -> list[str]:
+        """Sources whose footprint intersects a query."""
+        x, y, _ = self._disambiguate_slice(query)
+        return list(self.index.cx[x.start : x.stop, y.start : y.stop].filepath)
+
+
+class OrthophotoRaster(_RasterList):
+    """Orthophoto tiles; sample key ``image`` (float, original 0-255 units)."""
+
+    is_image = True
+
+
+class ElevationRaster(_RasterList):
+    """DSM / nDSM tiles, each normalised by its own statistics; sample key ``image_x``.
+
+    Nodata and NaN pixels become 0 after normalisation (they never reach the model as NaN).
+    """
+
+    is_image = True
+
+    def __init__(self, rasters: Sequence[GeoRaster], x_norm: XNorm, cache: bool = True) -> None:
+        self.x_norm = x_norm
+        super().__init__(rasters, cache)
+
+    def _merge_files(
+        self, filepaths: Sequence[str], query: GeoSlice, band_indexes: Sequence[int] | None = None
+    ) -> Tensor:
+        bounds, res = self._bounds(query)
+        out: np.ndarray | None = None
+        for fp in filepaths:
+            handle = self._cached_load_warp_file(fp) if self.cache else self._load_warp_file(fp)
+            arr, _ = rasterio.merge.merge(
+                [handle], bounds, res, nodata=np.nan, dtype="float32", indexes=band_indexes,
+                resampling=self.resampling,
+            )
+            offset, scale = self.x_norm.affine(fp)
+            arr = (arr - offset) / scale
+            out = arr if out is None else np.where(np.isnan(out), arr, out)
+        assert out is not None
+        return torch.from_numpy(np.nan_to_num(out, nan=0.0).astype(np.float32))
+
+    def __getitem__(self, query: GeoSlice) -> Sample:
+        sample = super().__getitem__(query)
+        sample["image_x"] = sample.pop("image")
+        return sample
+
+
+class LabelRaster(_RasterList):
+    """Colour-coded label tiles decoded to class ids; sample key ``mask`` (long)."""
+
+    is_image = False
+
+    def __init__(self, rasters: Sequence[GeoRaster], decoder: PaletteDecoder, cache: bool = True):
+        self.decoder = decoder
+        super().__init__(rasters, cache)
+
+    def __getitem__(self, query: GeoSlice) -> Sample:
+        sample = super().__getitem__(query)
+        mask = sample["mask"]
+        if mask.ndim == 2:  # single-band labels already hold class ids
+            return sample
+        (xmin, _, _, ymax), _ = self._bounds(query)
+        files = ", ".join(str(self.rasters[s].path) for s in self.hits(query))
+        where = f"labels {files} (window with top-left corner x={xmin:.3f}, y={ymax:.3f})"
+        sample["mask"] = self.decoder(mask, source=where)
+        return sample
+
+
+def _warn_georef(tiles: Sequence[Tile], card: DatasetCard) -> None:
+    notes = {}
+    for tile in tiles:
+        for raster in (tile.rgb, tile.x, tile.label, tile.eroded):
+            if raster is not None and raster.how in ("synthetic", "assumed_crs"):
+                notes.setdefault(raster.how, set()).add(tile.tile_id)
+    if "synthetic" in notes:
+        warnings.warn(
+            f"{card.name}: tiles {sorted(notes['synthetic'])} have no CRS or transform; each "
+            "was given its own synthetic extent (their outputs will not land on a map).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if "assumed_crs" in notes:
+        warnings.warn(
+            f"{card.name}: tiles {sorted(notes['assumed_crs'])} carry a transform (or world "
+            f"file) but no CRS; assuming {card.assumed_crs} from the dataset card.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+class ISPRSDataset(IntersectionDataset):
+    """Orthophoto & X & labels of one ISPRS split, as one torchgeo GeoDataset.
+
+    Args:
+        root: the dataset folder (official archives extracted into it).
+        card: dataset card name or object (``vaihingen``, ``potsdam``).
+        split: split name in the preset ('train', 'test'); ignored when ``tiles`` is given.
+        tiles: explicit tile ids (override the split).
+        split_preset: named split preset of the card (default: the card's default).
+        rgb: the card modality used as the RGB stream (Potsdam: 'rgb', 'irrg' or 'rgbir').
+        x: the card modality used as X ('dsm', 'ndsm'), or None for RGB only.
+        labels: 'full' or 'eroded' (boundary pixels ignored) labels; falls back to the other.
+        x_norm: X normalisation (default: per-raster min-max).
+        transforms: applied to each sample.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        card: str | DatasetCard = "vaihingen",
+        split: str = "train",
+        tiles: Sequence[str] | None = None,
+        split_preset: str | None = None,
+        rgb: str = "rgb",
+        x: str | None = "dsm",
+        labels: str = "full",
+        x_norm: XNorm | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ) -> None:
+        self.card = card if isinstance(card, DatasetCard) else load_card(card)
+        wanted = [str(t) for t in tiles] if tiles is not None else self._split(split, split_preset)
+        found, missing = find_tiles(self.card, root, wanted, rgb=rgb, x=x)
+        if not found:
+            first = self.card.format_pattern(self.card.modality(rgb).patterns[0], wanted[0])
+            raise TileError(
+                f"no tile of {self.card.name} split '{split}' ({len(wanted)} tiles) under {root}: "
+                f"e.g. {Path(root) / first} does not exist. Point data.root at the folder the "
+                "official archives were extracted into."
+            )
+        if missing:
+            warnings.warn(
+                f"{self.card.name} split '{split}': {len(missing)} of {len(wanted)} tiles are "
+                f"not under {root} and are left out: {missing}",
+                UserWarning,
+                stacklevel=2,
+            )
+        _warn_georef(found, self.card)
+        self.tiles = found
+        self.x_modality = x
+        self.x_norm = x_norm or XNorm()
+        for tile in found:  # statistics once, here, before any DataLoader worker forks
+            if tile.x is not None:
+                self.x_norm.affine(tile.x.source)
+        decoder = PaletteDecoder(self.card.palette, self.card.ignore_index)
+        label_rasters = [t.label_for(labels) for t in found]
+        dataset: Any = OrthophotoRaster([t.rgb for t in found])
+        if x is not None:
+            x_rasters = [t.x for t in found if t.x is not None]
+            dataset = IntersectionDataset(dataset, ElevationRaster(x_rasters, self.x_norm))
+        super().__init__(
+            dataset,
+            LabelRaster([r for r in label_rasters if r is not None], decoder),
+            transforms=transforms,
+        )
+
+    def _split(self, split: str, preset: str | None) -> list[str]:
+        parts = self.card.split(preset)
+        if split not in parts:
+            raise KeyError(
+                f"split preset '{preset or self.card.default_split}' of {self.card.name} has no "
+                f"split '{split}'; it has {sorted(parts)}"
+            )
+        return list(parts[split])
+
+
+class Vaihingen(ISPRSDataset):
+    """ISPRS Vaihingen: IRRG orthophoto (9 cm) + DSM; see data_catalog/vaihingen.yaml."""
+
+    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+        super().__init__(root, card="vaihingen", **kwargs)
+
+
+class Potsdam(ISPRSDataset):
+    """ISPRS Potsdam: RGB / IRRG / RGBIR orthophoto (5 cm) + DSM or nDSM."""
+
+    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+        super().__init__(root, card="potsdam", **kwargs)

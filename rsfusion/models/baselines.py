@@ -1,0 +1,122 @@
+"""Baselines: RGB-only and early fusion (RGB and X stacked as input channels) smp models."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import Tensor, nn
+
+from rsfusion.models.base import ModelSpec
+from rsfusion.registry import register_model
+
+
+class WeightsError(RuntimeError):
+    """Pre-trained weights were asked for and cannot be had."""
+
+
+def _adapt_first_conv(state: dict[str, Tensor], model_state: dict[str, Tensor]) -> None:
+    """Widen a pre-trained first convolution to more input channels (extra = mean of RGB)."""
+    for key, value in list(state.items()):
+        target = model_state.get(key)
+        if target is None or value.ndim != 4 or value.shape == target.shape:
+            continue
+        if value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            extra = target.shape[1] - value.shape[1]
+            if extra > 0:
+                mean = value.mean(dim=1, keepdim=True).expand(-1, extra, -1, -1)
+                state[key] = torch.cat([value, mean], dim=1) * value.shape[1] / target.shape[1]
+
+
+def load_encoder_weights(encoder: nn.Module, spec: ModelSpec) -> None:
+    """Load ``spec.weights`` (a local file) into an encoder, or explain why it cannot be done."""
+    path = Path(spec.weights or "")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    model_state = encoder.state_dict()
+    _adapt_first_conv(state, model_state)
+    result = encoder.load_state_dict(state, strict=False)
+    loaded = len(model_state) - len(result.missing_keys)
+    if loaded < 0.9 * len(model_state):
+        raise WeightsError(
+            f"{path} does not fit backbone '{spec.backbone}': only {loaded} of "
+            f"{len(model_state)} tensors matched (e.g. missing {result.missing_keys[:3]}). "
+            "Use a file saved from the same architecture."
+        )
+
+
+def _smp_model(spec: ModelSpec, in_channels: int) -> nn.Module:
+    weights = spec.weights
+    local = weights is not None and Path(weights).suffix in (".pth", ".pt", ".bin")
+    hub = weights if weights and not local else None
+    try:
+        model = smp.create_model(
+            spec.arch,
+            encoder_name=spec.backbone,
+            encoder_weights=hub,
+            in_channels=in_channels,
+            classes=spec.num_classes,
+            **spec.kwargs,
+        )
+    except Exception as err:  # offline hub, unknown weights name
+        if hub is None or spec.weights_required:
+            raise WeightsError(
+                f"cannot build {spec.arch}/{spec.backbone} with weights '{weights}': {err}. "
+                "Give model.weights a local file, or set model.weights=null for random init."
+            ) from err
+        warnings.warn(
+            f"PRE-TRAINED WEIGHTS '{weights}' FOR {spec.backbone} ARE NOT AVAILABLE ({err}); "
+            "TRAINING STARTS FROM RANDOM INITIALISATION. Set model.weights to a local file, "
+            "or model.weights_required=true to make this an error.",
+            UserWarning,
+            stacklevel=2,
+        )
+        model = smp.create_model(
+            spec.arch,
+            encoder_name=spec.backbone,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=spec.num_classes,
+            **spec.kwargs,
+        )
+    if local:
+        load_encoder_weights(model.encoder, spec)
+    return model
+
+
+class RGBOnly(nn.Module):
+    """An smp segmentation model that sees the orthophoto alone (X is ignored)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.net = _smp_model(spec, spec.rgb_channels)
+
+    def forward(self, rgb: Tensor, x: Tensor | None = None) -> Tensor:
+        return self.net(rgb)
+
+
+class EarlyFusion(nn.Module):
+    """An smp segmentation model on RGB and X stacked as input channels."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.x_channels == 0:
+            raise ValueError("early_fusion needs an X modality: set data.x (e.g. dsm)")
+        self.net = _smp_model(spec, spec.rgb_channels + spec.x_channels)
+
+    def forward(self, rgb: Tensor, x: Tensor | None = None) -> Tensor:
+        if x is None:
+            raise ValueError("early_fusion needs the X input (image_x) in every batch")
+        return self.net(torch.cat([rgb, x], dim=1))
+
+
+@register_model("rgb_only")
+def rgb_only(spec: ModelSpec) -> nn.Module:
+    return RGBOnly(spec)
+
+
+@register_model("early_fusion")
+def early_fusion(spec: ModelSpec) -> nn.Module:
+    return EarlyFusion(spec)

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rsfusion.paths import catalog_dir
+from rsfusion.yamlio import load_yaml
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
             raise FileNotFoundError(
                 f"no dataset card '{name_or_path}' in {catalog_dir()} (known: {known}){hint}"
             )
-    raw = yaml.safe_load(path.read_text())
+    raw = load_yaml(path.read_text())
     try:
         return _parse_card(raw, path)
     except (KeyError, TypeError, ValueError) as err:

@@ -1,0 +1,261 @@
+"""The experiment config schema: plain typed dataclasses, and the generic validator that fills
+them from YAML data by their type hints (``typing.get_type_hints``), so a new field needs no new
+check. Reading files, inheritance and overrides live in :mod:`rsfusion.config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+
+class IntAsStr:
+    """Marker in ``Annotated[str, IntAsStr]``: a YAML int is accepted and converted to ``str``."""
+
+
+TileId = Annotated[str, IntAsStr]
+"""A tile id: always a string ("1", "2_10"); YAML ints such as ``[1, 3]`` are converted."""
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (geometric on RGB, X and mask; colour jitter on RGB only)."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: bool = False
+    scale: list[float] | None = None
+    color_jitter: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Which dataset card, modalities, tiles, labels, windows and normalisation to use."""
+
+    card: str = "vaihingen"
+    root: str | None = None
+    rgb: str = "rgb"
+    x: str | None = "dsm"
+    split: str | None = None
+    train_tiles: list[TileId] | None = None
+    val_tiles: list[TileId] | None = None
+    test_tiles: list[TileId] | None = None
+    labels: Literal["full", "eroded"] = "full"
+    eval_labels: Literal["full", "eroded"] = "eroded"
+    window: int = 256
+    eval_stride: int | None = None
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    samples_per_epoch: int = 1000
+    rgb_norm: Literal["imagenet", "unit"] = "imagenet"
+    x_norm: Literal["raster_minmax", "dataset", "scale"] = "raster_minmax"
+    x_scale: float = 1.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Which recipe, architecture and backbone to build, with extra keyword arguments."""
+
+    name: str = "early_fusion"
+    arch: str = "Unet"
+    backbone: str = "resnet18"
+    weights: str | None = None
+    weights_required: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warmup, then poly or cosine decay)."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: Literal["none", "poly", "cosine"] = "poly"
+    warmup_steps: int = 0
+    power: float = 0.9
+    min_lr: float = 0.0
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: data, model, optimiser and ``lightning.Trainer`` keyword arguments.
+
+    ``name`` comes from the config file's stem and may not be set in YAML.
+    """
+
+    name: str = field(metadata={"from_yaml": False})
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file or override, the key path and the fix."""
+
+
+KeyPath = tuple[str | int, ...]
+
+
+def dotted(path: KeyPath) -> str:
+    """``("data", "train_tiles", 0)`` -> ``data.train_tiles[0]``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# ---------------------------------------------------------------- generic validation
+class TypeMismatch(Exception):
+    """Internal: ``value`` at ``path`` is not a ``tp``; turned into a ConfigError by the caller."""
+
+    def __init__(self, path: KeyPath, tp: Any, value: Any) -> None:
+        super().__init__(path)
+        self.path, self.tp, self.value = path, tp, value
+
+
+def describe(tp: Any) -> str:
+    """A type hint in words for messages: ``int or null``, ``one of 'full', 'eroded'``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return describe(args[0])
+    if origin in (Union, types.UnionType) or origin is Literal:
+        choices = _literal_choices(tp)
+        rest = [describe(a) for a in args if get_origin(a) is not Literal and origin is not Literal]
+        words = ["one of " + ", ".join(repr(c) for c in choices)] if choices else []
+        return " or ".join(words + rest)
+    if origin is list:
+        return f"list[{describe(args[0])}]" if args else "list"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, Mapping)):
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def type_error(err: TypeMismatch, where: str) -> ConfigError:
+    """The ConfigError for a mismatch: key path, expected type, the value and where it came from."""
+    value = err.value
+    shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    msg = f"{dotted(err.path)}: expected {describe(err.tp)}, got {shown} (in {where})"
+    if isinstance(value, str):
+        choices = [a for a in _literal_choices(err.tp) if isinstance(a, str)]
+        close = difflib.get_close_matches(value, choices, n=1)
+        if close:
+            msg += f"; did you mean '{close[0]}'?"
+    return ConfigError(msg)
+
+
+def _literal_choices(tp: Any) -> list[Any]:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return list(args)
+    if origin in (Union, types.UnionType):
+        return [c for a in args for c in _literal_choices(a)]
+    return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def convert(tp: Any, value: Any, path: KeyPath, where: Callable[[KeyPath], str]) -> Any:
+    """Check ``value`` against type hint ``tp`` and return it converted (int -> float, ...)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin is Annotated:
+        if IntAsStr in args[1:] and _is_int(value):
+            return str(value)
+        return convert(args[0], value, path, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arm in (a for a in args if a is not type(None)):
+            try:
+                return convert(arm, value, path, where)
+            except TypeMismatch as err:
+                if err.path != path:  # the shape matched; the problem is deeper inside
+                    raise
+        raise TypeMismatch(path, tp, value)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise TypeMismatch(path, tp, value)
+    if value is None and (dataclasses.is_dataclass(tp) or origin is dict):
+        value = {}  # an empty YAML section (``trainer:``) means "all defaults"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise TypeMismatch(path, tp, value)
+        return build(tp, value, path, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeMismatch(path, tp, value)
+        return [convert(args[0], v, (*path, i), where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise TypeMismatch(path, tp, value)
+        return {
+            convert(args[0], k, (*path, str(k)), where): convert(args[1], v, (*path, k), where)
+            for k, v in value.items()
+        }
+    if tp is float and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    if tp is int and _is_int(value):
+        return value
+    if tp in (bool, str) and isinstance(value, tp):
+        return value
+    raise TypeMismatch(path, tp, value)
+
+
+def unknown_key(path: KeyPath, valid: Sequence[str], where: str, what: str = "key") -> ConfigError:
+    """The ConfigError for an unknown key, suggesting the closest valid one (difflib)."""
+    *parent, key = path
+    close = difflib.get_close_matches(str(key), list(valid), n=1)
+    fix = (
+        f"did you mean '{dotted((*parent, close[0]))}'?"
+        if close
+        else f"valid {what}s{' under ' + repr(dotted(parent)) if parent else ''}: "
+        + ", ".join(sorted(valid))
+    )
+    return ConfigError(f"unknown {what} '{dotted(path)}' in {where}; {fix}")
+
+
+def _field_names(tp: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else set()
+
+
+def build(
+    cls: type, data: Mapping[str, Any], path: KeyPath, where: Callable[[KeyPath], str], **extra: Any
+) -> Any:
+    """Make dataclass ``cls`` from ``data``, checking every key and value against its hints."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    settable = [n for n, f in fields.items() if f.metadata.get("from_yaml", True)]
+    kwargs = dict(extra)
+    for key, value in data.items():
+        key_path = (*path, key)
+        if key in fields and key not in settable:
+            raise ConfigError(
+                f"'{dotted(key_path)}' may not be set (in {where(key_path)}): it comes from "
+                f"the config file's name; remove it, or rename the file"
+            )
+        if key not in settable:
+            nested = [n for n in settable if key in _field_names(hints[n])]
+            if nested and not difflib.get_close_matches(str(key), settable, n=1):
+                hint = f"did you mean '{dotted((*path, nested[0], key))}'?"
+                raise ConfigError(f"unknown key '{dotted(key_path)}' in {where(key_path)}; {hint}")
+            raise unknown_key(key_path, settable, where(key_path))
+        kwargs[key] = convert(hints[key], value, key_path, where)
+    return cls(**kwargs)

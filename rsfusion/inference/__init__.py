@@ -1,0 +1,1 @@
+"""Inference helpers: window planning for full-coverage evaluation and sliding-window prediction."""

@@ -1,0 +1,268 @@
+"""Tests for rsfusion.config: inheritance, overrides, validation messages and round trips."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rsfusion.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    config_to_dict,
+    load_config,
+    resolve_config_path,
+    save_config,
+)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_defaults_and_name_from_file_stem(tmp_path: Path) -> None:
+    path = write(tmp_path, "my_exp.yaml", "seed: 7\n")
+    cfg = load_config(path)
+    assert cfg.name == "my_exp"
+    assert cfg.seed == 7
+    assert cfg.data == DataConfig()
+    assert cfg.optim.scheduler == "poly"
+    assert cfg.trainer == {}
+
+
+def test_name_may_not_be_set_in_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "exp.yaml", "name: other\n")
+    with pytest.raises(ConfigError, match="comes from the config file's name") as err:
+        load_config(path)
+    assert "exp.yaml" in str(err.value)
+
+
+def test_inheritance_chain_deep_merge_and_base_removed(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "root.yaml",
+        """
+        seed: 1
+        data: {window: 128, batch_size: 4, augment: {hflip: 0.1, vflip: 0.2}}
+        model: {backbone: resnet34}
+        """,
+    )
+    write(
+        tmp_path,
+        "mid.yaml",
+        "base: root.yaml\ndata: {window: 512, augment: {vflip: 0.9}}\n",
+    )
+    # a second base in a sub-folder, resolved relative to the including file; merged left to right
+    write(tmp_path, "parts/opt.yaml", "optim: {lr: 0.5}\nmodel: {backbone: resnet50}\n")
+    leaf = write(tmp_path, "leaf.yaml", "base: [mid.yaml, parts/opt.yaml]\nseed: 3\n")
+    cfg = load_config(leaf)
+    assert cfg.name == "leaf"
+    assert cfg.seed == 3
+    assert cfg.data.window == 512  # mid over root
+    assert cfg.data.batch_size == 4  # kept from root: dicts merge
+    assert (cfg.data.augment.hflip, cfg.data.augment.vflip) == (0.1, 0.9)
+    assert cfg.model.backbone == "resnet50"  # the later base wins
+    assert cfg.optim.lr == 0.5
+    assert "base" not in config_to_dict(cfg)
+
+
+def test_base_falls_back_to_configs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "shipped"
+    write(shipped, "common.yaml", "data: {window: 64}\n")
+    monkeypatch.setattr("rsfusion.config.configs_dir", lambda: shipped)
+    leaf = write(tmp_path, "exp/leaf.yaml", "base: common\n")
+    assert load_config(leaf).data.window == 64
+    assert resolve_config_path("common") == (shipped / "common.yaml").resolve()
+    with pytest.raises(ConfigError, match="did you mean 'common'"):
+        resolve_config_path("comon")
+
+
+def test_list_replaced_not_merged(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "data: {train_tiles: [1, 3, 5], augment: {scale: [0.5, 2.0]}}\n")
+    path = write(tmp_path, "b.yaml", "base: a.yaml\ndata: {train_tiles: [7]}\n")
+    cfg = load_config(path)
+    assert cfg.data.train_tiles == ["7"]
+    assert cfg.data.augment.scale == [0.5, 2.0]
+
+
+def test_base_cycle_is_named(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: c.yaml\n")
+    write(tmp_path, "c.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="base cycle") as err:
+        load_config(tmp_path / "a.yaml")
+    msg = str(err.value)
+    assert msg.index("a.yaml") < msg.index("b.yaml") < msg.index("c.yaml")
+
+
+def test_missing_base_names_including_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"base of .*a\.yaml.*nowhere"):
+        load_config(path)
+
+
+def test_overrides_nested_lists_and_null(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "exp.yaml", "model: {weights: imagenet}\ndata: {augment: {hflip: 0.3}}\n"
+    )
+    cfg = load_config(
+        path,
+        [
+            "trainer.max_steps=3",
+            "trainer.limit_val_batches=2",
+            "data.root=/data/x",
+            "data.train_tiles=[1,3]",
+            "model.weights=null",
+            "data.augment.scale=[0.5,2.0]",
+            "optim.lr=1e-4",
+        ],
+    )
+    assert cfg.trainer == {"max_steps": 3, "limit_val_batches": 2}
+    assert cfg.data.root == "/data/x"
+    assert cfg.data.train_tiles == ["1", "3"]
+    assert cfg.model.weights is None
+    assert cfg.data.augment.scale == [0.5, 2.0]
+    assert cfg.data.augment.hflip == 0.3  # untouched sibling kept
+    assert cfg.optim.lr == pytest.approx(1e-4)
+
+
+def test_malformed_override_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "exp.yaml", "")
+    with pytest.raises(ConfigError, match="malformed override 'data.window'"):
+        load_config(path, ["data.window"])
+
+
+def test_unknown_key_suggests_closest(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "data:\n  widnow: 512\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "unknown key 'data.widnow'" in msg
+    assert "x.yaml" in msg
+    assert "did you mean 'data.window'?" in msg
+
+
+def test_unknown_key_from_override_names_override(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "seed: 1\n")
+    path = write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["optim.shceduler=cosine"])
+    msg = str(err.value)
+    assert "override 'optim.shceduler=cosine'" in msg
+    assert "did you mean 'optim.scheduler'?" in msg
+
+
+def test_error_names_base_file_it_came_from(tmp_path: Path) -> None:
+    write(tmp_path, "base_bad.yaml", "model: {backbon: resnet18}\n")
+    path = write(tmp_path, "leaf.yaml", "base: base_bad.yaml\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"base_bad\.yaml; did you mean 'model.backbone'"):
+        load_config(path)
+
+
+def test_wrong_type_message(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "data: {window: big}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "data.window: expected int, got str 'big'" in msg
+    assert "x.yaml" in msg
+
+
+def test_literal_choice_error_lists_choices(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "data: {labels: fulll}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "data.labels: expected one of 'full', 'eroded'" in msg
+    assert "did you mean 'full'?" in msg
+
+
+def test_bool_not_accepted_for_int(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "data: {batch_size: true}\n")
+    with pytest.raises(ConfigError, match="data.batch_size: expected int, got bool True"):
+        load_config(path)
+
+
+def test_int_accepted_for_float(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "optim: {lr: 1}\ndata: {x_scale: 3}\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
+    assert type(cfg.data.x_scale) is float
+
+
+def test_optional_accepts_null_and_nested_list_items_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "data: {x: null, eval_stride: null}\n")
+    cfg = load_config(path)
+    assert cfg.data.x is None and cfg.data.eval_stride is None
+    with pytest.raises(ConfigError, match=r"data.augment.scale\[1\]: expected float, got str"):
+        load_config(path, ["data.augment.scale=[0.5, big]"])
+
+
+def test_tile_ids_become_strings_including_underscored(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "x.yaml",
+        "data:\n  train_tiles: [1, 3]\n  val_tiles: [2_10, 6_7]\n  test_tiles: ['11', 013]\n",
+    )
+    cfg = load_config(path)
+    assert cfg.data.train_tiles == ["1", "3"]
+    assert cfg.data.val_tiles == ["2_10", "6_7"]
+    assert cfg.data.test_tiles == ["11", "013"]
+    assert load_config(path, ["data.val_tiles=[2_11]"]).data.val_tiles == ["2_11"]
+
+
+def test_trainer_unknown_key_suggests_argument(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "trainer: {max_step: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "'trainer.max_step'" in msg and "x.yaml" in msg
+    assert "did you mean 'trainer.max_steps'?" in msg
+
+
+def test_trainer_value_types_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "trainer: {accelerator: cpu, precision: 32}\n")
+    cfg = load_config(path, ["trainer.max_steps=3"])
+    assert cfg.trainer == {"accelerator": "cpu", "precision": 32, "max_steps": 3}
+    with pytest.raises(ConfigError, match=r"trainer.max_steps: expected int, got str 'x'") as err:
+        load_config(path, ["trainer.max_steps=x"])
+    assert "override 'trainer.max_steps=x'" in str(err.value)
+    with pytest.raises(ConfigError, match="trainer.enable_progress_bar: expected bool or null"):
+        load_config(path, ["trainer.enable_progress_bar=3"])
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", "data: {val_tiles: [2_10], root: '/d'}\n")
+    path = write(
+        tmp_path,
+        "exp.yaml",
+        """
+        base: base.yaml
+        data: {train_tiles: [1, 3], augment: {scale: [0.5, 2.0]}}
+        model: {kwargs: {dropout: 0.1, tag: '1e3'}}
+        optim: {lr: 1.0e-10}
+        trainer: {max_steps: 5, precision: bf16-mixed}
+        """,
+    )
+    cfg = load_config(path, ["data.eval_batch_size=2"])
+    out = save_config(cfg, tmp_path / "out" / "exp.yaml")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp.yaml"]  # no temp file left
+    again = load_config(out)
+    assert again == cfg
+    assert isinstance(again, ExperimentConfig)
+    assert again.model.kwargs["tag"] == "1e3"  # a number-like string stays a string
+    assert config_to_dict(again)["name"] == "exp"
+
+
+def test_empty_section_is_defaults_and_misplaced_key_points_to_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.yaml", "trainer:\ndata:\n")
+    cfg = load_config(path, ["trainer.max_steps=3"])
+    assert cfg.trainer == {"max_steps": 3} and cfg.data == DataConfig()
+    bad = write(tmp_path, "bad.yaml", "window: 512\n")
+    with pytest.raises(ConfigError, match="unknown key 'window' in .*did you mean 'data.window'"):
+        load_config(bad)

@@ -37,14 +37,16 @@ def load_encoder_weights(encoder: nn.Module, spec: ModelSpec) -> None:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     model_state = encoder.state_dict()
     _adapt_first_conv(state, model_state)
-    result = encoder.load_state_dict(state, strict=False)
-    loaded = len(model_state) - len(result.missing_keys)
-    if loaded < 0.9 * len(model_state):
+    fits = {k: v for k, v in state.items() if k in model_state and v.shape == model_state[k].shape}
+    missing = [k for k in model_state if k not in fits]
+    if len(fits) < 0.9 * len(model_state):
         raise WeightsError(
-            f"{path} does not fit backbone '{spec.backbone}': only {loaded} of "
-            f"{len(model_state)} tensors matched (e.g. missing {result.missing_keys[:3]}). "
+            f"{path} does not fit backbone '{spec.backbone}': only {len(fits)} of "
+            f"{len(model_state)} tensors matched (e.g. missing {missing[:3]}). "
             "Use a file saved from the same architecture."
         )
+    model_state.update(fits)
+    nn.Module.load_state_dict(encoder, model_state)
 
 
 def _smp_model(spec: ModelSpec, in_channels: int) -> nn.Module:

@@ -1,0 +1,24 @@
+"""Shared fixtures: paths of the committed fake datasets, offline hub."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub retry otherwise costs ~46 s
+os.environ.setdefault("GDAL_CACHEMAX", "64")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def vaihingen_root() -> Path:
+    """tests/data/vaihingen: areas 1, 3, 5 (train) and 2, 4 (test) in the release layout."""
+    return DATA / "vaihingen"
+
+
+@pytest.fixture(scope="session")
+def potsdam_root() -> Path:
+    """tests/data/potsdam: tiles 2_10, 2_11 (train) and 2_13 (test) in the release layout."""
+    return DATA / "potsdam"

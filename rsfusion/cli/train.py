@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsfusion-train", description=__doc__)
     parser.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
     parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
         help="override config values, e.g. --set trainer.max_steps=3 data.root=/data/vaihingen",
     )
     parser.add_argument("--resume", metavar="CKPT", help="continue a run from a checkpoint")
@@ -117,11 +121,15 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(
-            dirpath=ckpt_dir, filename="best-{step}", monitor="val/mIoU", mode="max",
+            dirpath=ckpt_dir,
+            filename="best-{step}",
+            monitor="val/mIoU",
+            mode="max",
             save_top_k=1,
         ),
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                        save_on_train_epoch_end=True),
+        ModelCheckpoint(
+            dirpath=ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
+        ),
         LearningRateMonitor(logging_interval="step"),
     ]
     trainer_args: dict[str, Any] = {

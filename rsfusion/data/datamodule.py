@@ -113,7 +113,9 @@ class ISPRSDataModule(GeoDataModule):
             self.train_dataset = self._dataset("train")
             generator = torch.Generator().manual_seed(self.seed)
             self.train_sampler = RandomGeoSampler(
-                self.train_dataset, self.cfg.window, self.cfg.samples_per_epoch,
+                self.train_dataset,
+                self.cfg.window,
+                self.cfg.samples_per_epoch,
                 generator=generator,
             )
         if stage in ("fit", "validate"):

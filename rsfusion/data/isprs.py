@@ -80,7 +80,12 @@ class ElevationRaster(_RasterList):
         for fp in filepaths:
             handle = self._cached_load_warp_file(fp) if self.cache else self._load_warp_file(fp)
             arr, _ = rasterio.merge.merge(
-                [handle], bounds, res, nodata=np.nan, dtype="float32", indexes=band_indexes,
+                [handle],
+                bounds,
+                res,
+                nodata=np.nan,
+                dtype="float32",
+                indexes=band_indexes,
                 resampling=self.resampling,
             )
             offset, scale = self.x_norm.affine(fp)

@@ -169,7 +169,9 @@ def check_same_grid(ortho: GeoRaster, other: GeoRaster, role: str) -> None:
         )
 
 
-def find_file(root: Path, card: DatasetCard, patterns: tuple[str, ...], tile_id: str) -> Path | None:
+def find_file(
+    root: Path, card: DatasetCard, patterns: tuple[str, ...], tile_id: str
+) -> Path | None:
     """First existing file among a card's patterns for one tile, anchored at ``root``."""
     for pattern in patterns:
         candidate = root / card.format_pattern(pattern, tile_id)
@@ -229,7 +231,9 @@ def find_tiles(
                 found[kind] = georeference(label_path, card, slot, ortho.grid, role="labels")
                 check_same_grid(ortho, found[kind], "labels")
         if labels and not found:
-            expected = [str(root / card.format_pattern(p, tid)) for p in card.label_patterns["full"]]
+            expected = [
+                str(root / card.format_pattern(p, tid)) for p in card.label_patterns["full"]
+            ]
             raise TileError(
                 f"tile {tid}: orthophoto {rgb_path} exists but no labels do (looked for "
                 f"{', '.join(expected)}). Extract the ground-truth archive into {root}."

@@ -93,9 +93,7 @@ class SegmentationTask(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim_cfg)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.optim_cfg, total)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.optim_cfg, total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torchgeo.datamodules import GeoDataModule
-from torchgeo.samplers import RandomGeoSampler
 
 from rsfusion.catalog import DatasetCard, load_card
 from rsfusion.config import DataConfig
@@ -24,7 +23,7 @@ from rsfusion.data.augment import (
 )
 from rsfusion.data.isprs import ISPRSDataset
 from rsfusion.data.normalise import XNorm
-from rsfusion.data.samplers import TileGridSampler
+from rsfusion.data.samplers import SeededRandomGeoSampler, TileGridSampler
 from rsfusion.data.tiles import find_tiles
 
 
@@ -112,7 +111,7 @@ class ISPRSDataModule(GeoDataModule):
         if stage == "fit":
             self.train_dataset = self._dataset("train")
             generator = torch.Generator().manual_seed(self.seed)
-            self.train_sampler = RandomGeoSampler(
+            self.train_sampler = SeededRandomGeoSampler(
                 self.train_dataset,
                 self.cfg.window,
                 self.cfg.samples_per_epoch,

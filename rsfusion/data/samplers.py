@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch.utils.data import Sampler
 from torchgeo.datasets.utils import GeoSlice
+from torchgeo.samplers import RandomGeoSampler
+from torchgeo.samplers.utils import get_random_bounding_box
 
 from rsfusion.data.tiles import Tile
 from rsfusion.inference.windows import plan_windows
@@ -57,3 +60,19 @@ class TileGridSampler(Sampler[GeoSlice]):
 
     def __len__(self) -> int:
         return len(self.windows)
+
+
+class SeededRandomGeoSampler(RandomGeoSampler):
+    """torchgeo's RandomGeoSampler with every draw from its own generator.
+
+    torchgeo 0.8.1 picks the tile with ``torch.multinomial`` on the global RNG and only the
+    window inside it from ``generator``; here both come from ``generator``, so one seed gives
+    one sequence of windows whatever else consumed random numbers.
+    """
+
+    def __iter__(self) -> Iterator[GeoSlice]:
+        for _ in range(len(self)):
+            idx = int(torch.multinomial(self.areas, 1, generator=self.generator))
+            box = get_random_bounding_box(self.bounds[idx], self.size, self.res, self.generator)
+            interval = self.intervals[idx]
+            yield *box, slice(interval.left, interval.right)

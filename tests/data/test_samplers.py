@@ -17,9 +17,15 @@ def _tile(tid: str, width: int, height: int, x0: float, res: float = 0.5) -> Til
     return Tile(tid, raster, None, None, None)
 
 
-@pytest.mark.parametrize(("width", "height", "window", "stride"), [
-    (100, 37, 32, None), (64, 64, 64, None), (20, 10, 32, None), (130, 70, 32, 24),
-])
+@pytest.mark.parametrize(
+    ("width", "height", "window", "stride"),
+    [
+        (100, 37, 32, None),
+        (64, 64, 64, None),
+        (20, 10, 32, None),
+        (130, 70, 32, 24),
+    ],
+)
 def test_windows_cover_every_pixel_stay_aligned_and_inside(width, height, window, stride):
     res = 0.5
     tile = _tile("1", width, height, x0=500.0, res=res)

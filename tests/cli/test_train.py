@@ -1,0 +1,81 @@
+"""scripts/train.py end to end: dry run, a 3-step run from another directory, bad input."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from rsfusion.cli.train import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.window=32",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.train_tiles=[1,3,5]",
+    "data.val_tiles=[2,4]",
+    "data.eval_batch_size=4",
+]
+
+
+def test_dry_run_from_another_directory(tmp_path, monkeypatch, capsys, vaihingen_root):
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["--cfg", "vaihingen_baseline", "--dry-run", "--set", f"data.root={vaihingen_root}"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("params: "))
+    total = int(line.split("total=")[1].split()[0])
+    trainable = int(line.split("trainable=")[1])
+    assert total == trainable > 1_000_000
+    assert "data train: 3 of 16 tiles" in out and "missing" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_three_steps_write_last_ckpt_with_metadata(tmp_path, monkeypatch, vaihingen_root):
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(
+            [
+                "--cfg",
+                "demo_baseline",
+                "--set",
+                f"data.root={vaihingen_root}",
+                *TINY,
+                "trainer.max_steps=3",
+                "trainer.limit_val_batches=2",
+                "trainer.enable_progress_bar=false",
+            ]
+        )
+    assert code == 0
+    runs = list((tmp_path / "runs" / "demo_baseline").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "config.yaml").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3  # max_steps stopped mid-epoch, before any validation
+    meta = ckpt["rsfusion"]
+    assert meta["classes"][-1] == "clutter" and meta["rgb_bands"] == ["nir", "red", "green"]
+    assert meta["config"]["data"]["window"] == 32
+    assert not list(run.rglob("*.partial"))
+
+
+def test_unknown_key_fails_with_suggestion(capsys):
+    assert main(["--cfg", "demo_baseline", "--dry-run", "--set", "data.widnow=3"]) == 2
+    assert "did you mean 'data.window'" in capsys.readouterr().err
+
+
+def test_script_entry_point_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--cfg", "vaihingen_rgb", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "params: total=" in proc.stdout

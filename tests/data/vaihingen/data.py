@@ -19,8 +19,8 @@ from rsfusion.data.demo import (
     grid_transform,
     synth_scene,
     write_tile,
-    write_world_file,
 )
+from rsfusion.data.writers import write_world_file
 
 SHAPE = (40, 48)
 AREAS = (1, 3, 5, 2, 4)

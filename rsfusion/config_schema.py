@@ -82,6 +82,7 @@ class OptimConfig:
     momentum: float = 0.9
     scheduler: Literal["none", "poly", "cosine"] = "poly"
     warmup_steps: int = 0
+    total_steps: int | None = None
     power: float = 0.9
     min_lr: float = 0.0
 

@@ -17,7 +17,20 @@ from rsfusion.data.tiles import TileError, find_tiles
 from rsfusion.models.base import ModelSpec, count_parameters
 from rsfusion.models.baselines import WeightsError
 
-USER_ERRORS = (ConfigError, TileError, LabelColourError, WeightsError, FileNotFoundError, KeyError)
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the config it is used with."""
+
+
+USER_ERRORS = (
+    ConfigError,
+    TileError,
+    LabelColourError,
+    WeightsError,
+    CheckpointMismatchError,
+    FileNotFoundError,
+    KeyError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +95,10 @@ def dry_run(cfg: ExperimentConfig) -> int:
 
 
 def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
+    """The run's folder; DDP ranks started by Lightning inherit rank 0's via RSFUSION_RUN_DIR."""
+    inherited = os.environ.get("RSFUSION_RUN_DIR")
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(inherited)
     if out:
         folder = Path(out)
     else:
@@ -92,7 +109,36 @@ def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
             folder = Path.cwd() / "runs" / cfg.name / f"{stamp}-{n}"
             n += 1
     folder.mkdir(parents=True, exist_ok=True)
+    os.environ["RSFUSION_RUN_DIR"] = str(folder)
     return folder
+
+
+def check_resume(ckpt_path: str, meta: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint whose classes or bands differ from the config's."""
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"--resume {ckpt_path}: no such checkpoint file")
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    old = saved.get("rsfusion", {})
+    for key in ("classes", "rgb_bands", "x_bands"):
+        if key in old and old[key] != meta[key]:
+            raise CheckpointMismatchError(
+                f"--resume {ckpt_path}: its {key} {old[key]} differ from this config's "
+                f"{meta[key]}; resume with the config the checkpoint was trained with "
+                "(its config.yaml sits in the run folder)."
+            )
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 of all parameters, to compare replicas (DDP ranks must agree)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Path:
@@ -102,6 +148,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from rsfusion.data.datamodule import ISPRSDataModule
+    from rsfusion.training.checkpoints import LastCheckpoint
     from rsfusion.training.task import SegmentationTask
 
     L.seed_everything(cfg.seed, workers=True)
@@ -117,7 +164,10 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
         metric_classes=card.metric_classes,
         class_names=card.class_names,
         meta=meta,
+        seed=cfg.seed,
     )
+    if resume:
+        check_resume(resume, meta)
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -127,9 +177,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
             mode="max",
             save_top_k=1,
         ),
-        ModelCheckpoint(
-            dirpath=ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
-        ),
+        LastCheckpoint(ckpt_dir),
         LearningRateMonitor(logging_interval="step"),
     ]
     trainer_args: dict[str, Any] = {
@@ -145,10 +193,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     trainer = L.Trainer(**trainer_args)
     trainer.fit(task, datamodule=dm, ckpt_path=resume)
     last = ckpt_dir / "last.ckpt"
-    tmp = ckpt_dir / ".last.ckpt.partial"
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        os.replace(tmp, last)
+    print(f"rank {trainer.global_rank} weights sha256={weights_digest(task.model)}")
     return last
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torchgeo.datamodules import GeoDataModule
 
 from rsfusion.catalog import DatasetCard, load_card
@@ -107,15 +106,19 @@ class ISPRSDataModule(GeoDataModule):
     def _grid_sampler(self, dataset: ISPRSDataset) -> TileGridSampler:
         return TileGridSampler(dataset.tiles, dataset.res, self.cfg.window, self.cfg.eval_stride)
 
+    def _current_epoch(self) -> int:
+        trainer = self.trainer
+        return trainer.current_epoch if trainer is not None else 0
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.train_dataset = self._dataset("train")
-            generator = torch.Generator().manual_seed(self.seed)
             self.train_sampler = SeededRandomGeoSampler(
                 self.train_dataset,
                 self.cfg.window,
                 self.cfg.samples_per_epoch,
-                generator=generator,
+                seed=self.seed,
+                epoch_fn=self._current_epoch,
             )
         if stage in ("fit", "validate"):
             self.val_dataset = self._dataset("val")

@@ -9,7 +9,8 @@ gets one window (padded by the reader; labels there decode to the ignore index).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -67,10 +68,33 @@ class SeededRandomGeoSampler(RandomGeoSampler):
 
     torchgeo 0.8.1 picks the tile with ``torch.multinomial`` on the global RNG and only the
     window inside it from ``generator``; here both come from ``generator``, so one seed gives
-    one sequence of windows whatever else consumed random numbers.
+    one sequence of windows whatever else consumed random numbers. With ``seed`` set, each
+    epoch's windows depend only on (seed, epoch), so a run resumed at an epoch boundary sees
+    exactly the windows of an uninterrupted one. ``epoch_fn`` reads the epoch at iteration time
+    (e.g. the trainer's ``current_epoch``): Lightning 2.6 calls ``set_epoch`` one too high on a
+    resumed run, so its value is only the fallback.
     """
 
+    def __init__(
+        self,
+        *args: Any,
+        seed: int | None = None,
+        epoch_fn: Callable[[], int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.epoch = 0
+        self.epoch_fn = epoch_fn
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the window stream of ``epoch`` (when a seed was given)."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[GeoSlice]:
+        if self.seed is not None:
+            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+            self.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         for _ in range(len(self)):
             idx = int(torch.multinomial(self.areas, 1, generator=self.generator))
             box = get_random_bounding_box(self.bounds[idx], self.size, self.res, self.generator)

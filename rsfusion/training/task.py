@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from lightning import LightningModule
 from torch import Tensor, nn
@@ -36,9 +39,11 @@ class SegmentationTask(LightningModule):
         metric_classes: list[int],
         class_names: list[str],
         meta: dict[str, Any] | None = None,
+        seed: int = 42,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints leave out frozen weights (checked on load)
         self.spec = ModelSpec(**model)
         self.model = build_model(self.spec)
         self.optim_cfg = OptimConfig(**optim)
@@ -92,12 +97,56 @@ class SegmentationTask(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.optim_cfg.total_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.optim_cfg, total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_train_epoch_start(self) -> None:
+        # Augmentation draws from the global RNGs: reseeding them from (seed, epoch) makes a run
+        # resumed at an epoch boundary draw exactly what an uninterrupted run draws.
+        reseed(self.hparams.seed * 100_003 + self.current_epoch + 1)
+
+    def frozen_names(self) -> set[str]:
+        """State-dict keys of frozen parameters (left out of checkpoints)."""
+        return {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rsfusion"] = self.hparams.meta or {}
+        frozen = self.frozen_names()
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
+        meta = dict(self.hparams.meta or {})
+        meta["frozen_sha256"] = frozen_digest(self.model)
+        checkpoint["rsfusion"] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected = set(self.state_dict()) - self.frozen_names()
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. "
+                f"{missing[:3]}): it was written for another model or config"
+            )
+
+
+def reseed(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs (quietly, unlike lightning.seed_everything)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def frozen_digest(model: nn.Module) -> str | None:
+    """SHA-256 over the frozen parameters (name, shape, bytes); None when nothing is frozen."""
+    digest = hashlib.sha256()
+    found = False
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            continue
+        found = True
+        t = p.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest() if found else None

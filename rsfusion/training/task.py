@@ -85,9 +85,9 @@ class SegmentationTask(LightningModule):
         self.confusion[split].reset()
         scores = scores_from_confusion(cm, self.hparams.metric_classes)
         for key in ("OA", "mIoU", "mF1"):
-            self.log(f"{split}/{key}", scores[key].float(), prog_bar=key == "mIoU")
+            self.log(f"{split}/{key}", scores[key].float(), prog_bar=key == "mIoU", sync_dist=True)
         for name, iou in zip(self.hparams.class_names, scores["IoU"]):
-            self.log(f"{split}/IoU_{name}", iou.float())
+            self.log(f"{split}/IoU_{name}", iou.float(), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

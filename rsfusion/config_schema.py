@@ -83,6 +83,7 @@ class OptimConfig:
     scheduler: Literal["none", "poly", "cosine"] = "poly"
     warmup_steps: int = 0
     total_steps: int | None = None
+    layer_decay: float | None = None
     power: float = 0.9
     min_lr: float = 0.0
 

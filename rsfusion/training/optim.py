@@ -3,29 +3,74 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from rsfusion.config import OptimConfig
 
+_STAGED = re.compile(r"(?:^|\.)(?:layers|stages|levels)\.(\d+)\.(?:blocks|layers)\.(\d+)\.")
+_FLAT = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBED = re.compile(r"(?:^|\.)(?:patch_embed|pos_embed|cls_token|reg_token|stem|mask_token)")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only; no weight decay on biases and other 1-D parameters."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+
+def layer_ids(names: Iterable[str]) -> tuple[dict[str, int], int]:
+    """Depth of every parameter for layer-wise LR decay, and the number of layers.
+
+    Backbone blocks are numbered 1..L in forward order (``blocks.i`` for ViTs, and
+    ``layers|stages|levels.s.blocks|layers.b`` counted across stages for Swin / InternImage);
+    embeddings get 0; everything else (necks, heads, adapters outside blocks) gets L + 1.
+    """
+    names = list(names)
+    depths: dict[int, int] = {}
+    for name in names:
+        if m := _STAGED.search(name):
+            stage, block = int(m.group(1)), int(m.group(2))
+            depths[stage] = max(depths.get(stage, 0), block + 1)
+    offsets, total = {}, 0
+    for stage in sorted(depths):
+        offsets[stage] = total
+        total += depths[stage]
+    flat = [int(m.group(1)) for n in names if (m := _FLAT.search(n)) and not _STAGED.search(n)]
+    total = max(total, max(flat, default=-1) + 1)
+    ids = {}
+    for name in names:
+        if m := _STAGED.search(name):
+            ids[name] = offsets[int(m.group(1))] + int(m.group(2)) + 1
+        elif m := _FLAT.search(name):
+            ids[name] = int(m.group(1)) + 1
+        elif _EMBED.search(name):
+            ids[name] = 0
+        else:
+            ids[name] = total + 1
+    return ids, total
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float = 1.0, layer_decay: float | None = None
+) -> list[dict]:
+    """Trainable parameters only, grouped by (weight decay, LR scale).
+
+    No weight decay on biases and other 1-D parameters. With ``layer_decay`` (CPAL: .95) a
+    parameter at depth ``i`` of ``L`` gets ``lr * layer_decay ** (L + 1 - i)``.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ids, total = layer_ids(n for n, _ in named) if layer_decay else ({}, 0)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in named:
+        decay = 0.0 if p.ndim <= 1 else weight_decay
+        scale = layer_decay ** (total + 1 - ids[name]) if layer_decay else 1.0
+        groups.setdefault((decay, scale), []).append(p)
+    return [
+        {"params": ps, "weight_decay": wd, "lr": lr * scale, "lr_scale": scale}
+        for (wd, scale), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

@@ -31,3 +31,25 @@ def test_schedule_warms_up_then_decays_to_min_lr(scheduler):
     values = [f(s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert values[-1] == pytest.approx(1e-5 / 1e-3)
+
+
+def test_layer_decay_scales_lr_by_depth_for_vit_and_staged_backbones():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=4)
+    groups = param_groups(vit, 0.05, lr=1.0, layer_decay=0.5)
+    scale = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert scale[id(vit.patch_embed.proj.weight)] == pytest.approx(0.5**5)  # L + 1 - 0
+    assert scale[id(vit.blocks[0].attn.qkv.weight)] == pytest.approx(0.5**4)
+    assert scale[id(vit.blocks[3].mlp.fc2.weight)] == pytest.approx(0.5**1)
+    assert scale[id(vit.head.weight)] == pytest.approx(1.0)
+    from rsfusion.training.optim import layer_ids
+
+    names = ["layers.0.blocks.0.w", "layers.0.blocks.1.w", "layers.1.blocks.0.w", "head.w"]
+    ids, total = layer_ids(names)
+    assert total == 3 and [ids[n] for n in names] == [1, 2, 3, 4]
+
+
+def test_without_layer_decay_all_groups_share_the_base_lr():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    assert {g["lr"] for g in param_groups(model, 0.01, lr=0.3)} == {0.3}

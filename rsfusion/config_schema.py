@@ -57,6 +57,7 @@ class DataConfig:
     rgb_norm: Literal["imagenet", "unit"] = "imagenet"
     x_norm: Literal["raster_minmax", "dataset", "scale"] = "raster_minmax"
     x_scale: float = 1.0
+    align_x: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -86,7 +86,9 @@ def dry_run(cfg: ExperimentConfig) -> int:
         dm = ISPRSDataModule(cfg.data, cfg.seed)
         for split in ("train", "val", "test"):
             wanted = dm.tiles_of(split)
-            found, missing = find_tiles(card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x)
+            found, missing = find_tiles(
+                card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x, align_x=cfg.data.align_x
+            )
             note = f", missing {missing}" if missing else ""
             print(f"data {split}: {len(found)} of {len(wanted)} tiles under {cfg.data.root}{note}")
             if split != "test" and not found:

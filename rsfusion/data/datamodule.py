@@ -85,7 +85,12 @@ class ISPRSDataModule(GeoDataModule):
             sources: list[str] = []
             if self.cfg.x_norm == "dataset" and self.cfg.x is not None:
                 tiles, _ = find_tiles(
-                    self.card, self.cfg.root, self.tiles_of("train"), self.cfg.rgb, self.cfg.x
+                    self.card,
+                    self.cfg.root,
+                    self.tiles_of("train"),
+                    self.cfg.rgb,
+                    self.cfg.x,
+                    align_x=self.cfg.align_x,
                 )
                 sources = [t.x.source for t in tiles if t.x is not None]
             self.x_norm = XNorm.fit(self.cfg.x_norm, sources, self.cfg.x_scale)
@@ -101,6 +106,7 @@ class ISPRSDataModule(GeoDataModule):
             x=self.cfg.x,
             labels=self.cfg.labels if split == "train" else self.cfg.eval_labels,
             x_norm=self.fit_x_norm(),
+            align_x=self.cfg.align_x,
         )
 
     def _grid_sampler(self, dataset: ISPRSDataset) -> TileGridSampler:

@@ -20,6 +20,7 @@ from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
 from rsfusion.catalog import DatasetCard, load_card
+from rsfusion.data.checks import check_label_colours
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.tiles import GeoRaster, Tile, TileError, find_tiles
@@ -157,6 +158,8 @@ class ISPRSDataset(IntersectionDataset):
         labels: 'full' or 'eroded' (boundary pixels ignored) labels; falls back to the other.
         x_norm: X normalisation (default: per-raster min-max).
         transforms: applied to each sample.
+        align_x: resample X rasters on another grid or CRS onto the orthophoto's (else refused).
+        check_labels: scan every label raster's colours once before use (streamed).
     """
 
     def __init__(
@@ -171,10 +174,12 @@ class ISPRSDataset(IntersectionDataset):
         labels: str = "full",
         x_norm: XNorm | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        align_x: bool = False,
+        check_labels: bool = True,
     ) -> None:
         self.card = card if isinstance(card, DatasetCard) else load_card(card)
         wanted = [str(t) for t in tiles] if tiles is not None else self._split(split, split_preset)
-        found, missing = find_tiles(self.card, root, wanted, rgb=rgb, x=x)
+        found, missing = find_tiles(self.card, root, wanted, rgb=rgb, x=x, align_x=align_x)
         if not found:
             first = self.card.format_pattern(self.card.modality(rgb).patterns[0], wanted[0])
             raise TileError(
@@ -198,6 +203,10 @@ class ISPRSDataset(IntersectionDataset):
                 self.x_norm.affine(tile.x.source)
         decoder = PaletteDecoder(self.card.palette, self.card.ignore_index)
         label_rasters = [t.label_for(labels) for t in found]
+        if check_labels and self.card.label_encoding == "rgb":
+            for raster in label_rasters:
+                if raster is not None:
+                    check_label_colours(raster, self.card.palette)
         dataset: Any = OrthophotoRaster([t.rgb for t in found])
         if x is not None:
             x_rasters = [t.x for t in found if t.x is not None]

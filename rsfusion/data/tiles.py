@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
+import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
@@ -67,6 +68,7 @@ class GeoRaster:
     source: str
     grid: Grid
     how: str  # "native", "assumed_crs", "companion", "synthetic"
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,24 @@ class Tile:
         return first or second
 
 
-def _read_grid(path: Path) -> tuple[CRS | None, Affine | None, int, int]:
+def _read_grid(path: Path) -> tuple[CRS | None, Affine | None, int, int, int]:
+    """CRS, transform (None if absent), width, height, band count; reads the last block too.
+
+    Reading the last block catches the common truncated download, whose header still opens.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 has_transform = src.transform != Affine.identity() or bool(src.gcps[0])
-                return src.crs, (src.transform if has_transform else None), src.width, src.height
-    except rasterio.errors.RasterioIOError as err:
+                h, w = src.block_shapes[0]
+                last = rasterio.windows.Window(
+                    ((src.width - 1) // w) * w, ((src.height - 1) // h) * h, w, h
+                ).intersection(rasterio.windows.Window(0, 0, src.width, src.height))
+                src.read(src.count, window=last)
+                transform = src.transform if has_transform else None
+                return src.crs, transform, src.width, src.height, src.count
+    except rasterio.errors.RasterioError as err:
         raise TileError(
             f"cannot read raster {path}: {err}. The file is corrupt or truncated; "
             "re-extract it from the release archive."
@@ -125,13 +137,14 @@ def georeference(
         reference: the orthophoto's grid, for companions (DSM, labels) of the same tile.
         role: what the file is, for error messages.
     """
-    crs, transform, width, height = _read_grid(path)
+    crs, transform, width, height, count = _read_grid(path)
     fallback_crs = CRS.from_user_input(card.assumed_crs or "EPSG:3857")
     if crs is not None and transform is not None:
-        return GeoRaster(path, str(path), Grid(crs, transform, width, height), "native")
+        return GeoRaster(path, str(path), Grid(crs, transform, width, height), "native", count)
     if transform is not None:
         grid = Grid(fallback_crs, transform, width, height)
-        return GeoRaster(path, _vrt(path, a_srs=fallback_crs.to_string()), grid, "assumed_crs")
+        source = _vrt(path, a_srs=fallback_crs.to_string())
+        return GeoRaster(path, source, grid, "assumed_crs", count)
     if reference is not None:
         if (width, height) != (reference.width, reference.height):
             raise TileError(
@@ -142,13 +155,13 @@ def georeference(
             )
         grid = reference
         source = _vrt(path, a_srs=grid.crs.to_string(), a_ullr=_ullr(grid))
-        return GeoRaster(path, source, grid, "companion")
+        return GeoRaster(path, source, grid, "companion", count)
     res = card.gsd_m or 1.0
     x0 = SYNTHETIC_ORIGIN[0] + synthetic_slot * SYNTHETIC_SPACING
     y0 = SYNTHETIC_ORIGIN[1]
     grid = Grid(fallback_crs, Affine(res, 0.0, x0, 0.0, -res, y0), width, height)
     source = _vrt(path, a_srs=fallback_crs.to_string(), a_ullr=_ullr(grid))
-    return GeoRaster(path, source, grid, "synthetic")
+    return GeoRaster(path, source, grid, "synthetic", count)
 
 
 def check_same_grid(ortho: GeoRaster, other: GeoRaster, role: str) -> None:
@@ -165,7 +178,18 @@ def check_same_grid(ortho: GeoRaster, other: GeoRaster, role: str) -> None:
             f"{role} {other.path} is not on its orthophoto's grid:\n"
             f"  orthophoto {ortho.path}: {a.describe()}\n"
             f"  {role} {other.path}: {b.describe()}\n"
-            "Resample it onto the orthophoto's grid (e.g. gdalwarp -tr/-te matching it)."
+            "Resample it onto the orthophoto's grid (e.g. gdalwarp -tr/-te matching it), or "
+            "set data.align_x=true to resample it on the fly."
+        )
+
+
+def check_bands(raster: GeoRaster, bands: tuple[str, ...], role: str) -> None:
+    """Refuse a raster whose band count differs from the card's band list."""
+    if raster.count != len(bands):
+        raise TileError(
+            f"{role} {raster.path} has {raster.count} band(s) but the dataset card expects "
+            f"{len(bands)} {list(bands)}. Pick the card modality that matches the file "
+            "(e.g. data.rgb=rgbir for 4-band Potsdam tiles) or fix the file."
         )
 
 
@@ -187,6 +211,7 @@ def find_tiles(
     rgb: str = "rgb",
     x: str | None = "dsm",
     labels: bool = True,
+    align_x: bool = False,
 ) -> tuple[list[Tile], list[str]]:
     """Resolve the rasters of the requested tiles that are present under ``root``.
 
@@ -212,6 +237,7 @@ def find_tiles(
             continue
         slot = slots.get(tid, len(slots) + len(tiles))
         ortho = georeference(rgb_path, card, slot)
+        check_bands(ortho, rgb_mod.bands, f"orthophoto ({rgb})")
         x_raster = None
         if x_mod is not None:
             x_path = find_file(root, card, x_mod.patterns, tid)
@@ -223,7 +249,9 @@ def find_tiles(
                     f"or leave tile {tid} out of the split (data.train_tiles / data.val_tiles)."
                 )
             x_raster = georeference(x_path, card, slot, ortho.grid, role=x)
-            check_same_grid(ortho, x_raster, x)
+            check_bands(x_raster, x_mod.bands, x)
+            if not align_x:
+                check_same_grid(ortho, x_raster, x)
         found = {}
         for kind in ("full", "eroded"):
             label_path = find_file(root, card, card.label_patterns.get(kind, ()), tid)

@@ -79,3 +79,19 @@ def test_script_entry_point_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "params: total=" in proc.stdout
+
+
+def test_bf16_mixed_precision_and_clipping_from_the_config(tmp_path, vaihingen_root):
+    out = tmp_path / "bf16"
+    args = ["--cfg", "demo_baseline", "--out", str(out), "--set", f"data.root={vaihingen_root}",
+            *TINY, "trainer.max_steps=2", "trainer.limit_val_batches=1",
+            "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert ckpt["rsfusion"]["config"]["trainer"]["precision"] == "bf16-mixed"
+    weights = [v for k, v in ckpt["state_dict"].items() if k.endswith("weight")]
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights)

@@ -99,8 +99,7 @@ def _grey(rng: np.random.Generator) -> np.ndarray:
 class _Painter:
     """Mutable canvas of one tile: class ids, base colour and height above ground."""
 
-    def __init__(self, rng: np.random.Generator, shape: tuple[int, int]) -> None:
-        self.rng, self.shape = rng, shape
+    def __init__(self, shape: tuple[int, int]) -> None:
         self.cls = np.full(shape, LOW_VEG, np.uint8)
         self.base = np.zeros((4, *shape), np.float32)
         self.rel = np.zeros(shape, np.float32)
@@ -119,7 +118,7 @@ def synth_scene(
     h, w = shape
     k = (0.09 / gsd) * min(1.0, min(h, w) / _NOMINAL)  # pixels per nominal pixel
     n_scale = h * w / (_NOMINAL * _NOMINAL * k * k)  # tile area in nominal tiles
-    p = _Painter(rng, shape)
+    p = _Painter(shape)
     # absolute terrain: a level, a tilt and gentle undulation, all different per tile
     ys, xs = ((np.arange(n) - n / 2) * gsd for n in shape)
     gy, gx = rng.uniform(-0.08, 0.08, 2)

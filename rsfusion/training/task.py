@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from rsfusion.config import OptimConfig
 from rsfusion.models.base import ModelSpec, build_model
 from rsfusion.training.metrics import scores_from_confusion
 from rsfusion.training.optim import build_optimizer, lr_lambda
+from rsfusion.training.reports import format_class_table, save_confusion_figure, save_scores_json
 
 
 class SegmentationTask(LightningModule):
@@ -84,10 +86,22 @@ class SegmentationTask(LightningModule):
         cm = self.confusion[split].compute()
         self.confusion[split].reset()
         scores = scores_from_confusion(cm, self.hparams.metric_classes)
-        for key in ("OA", "mIoU", "mF1"):
-            self.log(f"{split}/{key}", scores[key].float(), prog_bar=key == "mIoU", sync_dist=True)
+        for key in ("OA", "mIoU", "mF1", "mAcc"):
+            value = scores[key].float()
+            self.log(f"{split}/{key}", value, prog_bar=key == "mIoU", sync_dist=True)
         for name, iou in zip(self.hparams.class_names, scores["IoU"]):
             self.log(f"{split}/IoU_{name}", iou.float(), sync_dist=True)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        names = self.hparams.class_names
+        table = format_class_table(scores, names, self.hparams.metric_classes)
+        print(f"\n{split} epoch {self.current_epoch} step {self.global_step}\n{table}")
+        folder = Path(self.trainer.default_root_dir) / "reports"
+        save_scores_json(scores, names, folder / f"{split}_scores.json")
+        save_confusion_figure(
+            cm.cpu(), names, folder / f"{split}_confusion.png",
+            title=f"{split}, epoch {self.current_epoch}, step {self.global_step}",
+        )  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -1,5 +1,6 @@
 """scripts/train.py end to end: dry run, a 3-step run from another directory, bad input."""
 
+import json
 import subprocess
 import sys
 import warnings
@@ -62,6 +63,9 @@ def test_three_steps_write_last_ckpt_with_metadata(tmp_path, monkeypatch, vaihin
     assert meta["classes"][-1] == "clutter" and meta["rgb_bands"] == ["nir", "red", "green"]
     assert meta["config"]["data"]["window"] == 32
     assert not list(run.rglob("*.partial"))
+    scores = json.loads((run / "reports" / "val_scores.json").read_text())
+    assert 0.0 <= scores["mIoU"] <= 1.0 and set(scores["per_class"]) >= {"building", "clutter"}
+    assert (run / "reports" / "val_confusion.png").stat().st_size > 1000
 
 
 def test_unknown_key_fails_with_suggestion(capsys):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import rasterio.merge
 import torch
+from rasterio.enums import Resampling
 from torch import Tensor
 from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.datasets.utils import GeoSlice
@@ -29,9 +30,18 @@ Sample = dict[str, Any]
 
 
 class _RasterList(RasterDataset):
-    """A RasterDataset over an explicit list of sources (paths or ``vrt://`` URLs)."""
+    """A RasterDataset over an explicit list of sources (paths or ``vrt://`` URLs).
+
+    Reads use nearest resampling: windows lie on the orthophoto's pixel grid, and a query a
+    hair (~1e-11 px) off it would make GDAL's bilinear resampling blend neighbours (and spread
+    nodata holes into valid cells). Only X rasters aligned from another grid interpolate.
+    """
 
     filename_glob = "*"
+
+    @property
+    def resampling(self) -> Resampling:
+        return Resampling.nearest
 
     def __init__(self, rasters: Sequence[GeoRaster], cache: bool = True) -> None:
         grid = rasters[0].grid
@@ -69,9 +79,20 @@ class ElevationRaster(_RasterList):
 
     is_image = True
 
-    def __init__(self, rasters: Sequence[GeoRaster], x_norm: XNorm, cache: bool = True) -> None:
+    def __init__(
+        self,
+        rasters: Sequence[GeoRaster],
+        x_norm: XNorm,
+        cache: bool = True,
+        interpolate: bool = False,
+    ) -> None:
         self.x_norm = x_norm
+        self.interpolate = interpolate
         super().__init__(rasters, cache)
+
+    @property
+    def resampling(self) -> Resampling:
+        return Resampling.bilinear if self.interpolate else Resampling.nearest
 
     def _merge_files(
         self, filepaths: Sequence[str], query: GeoSlice, band_indexes: Sequence[int] | None = None
@@ -210,7 +231,8 @@ class ISPRSDataset(IntersectionDataset):
         dataset: Any = OrthophotoRaster([t.rgb for t in found])
         if x is not None:
             x_rasters = [t.x for t in found if t.x is not None]
-            dataset = IntersectionDataset(dataset, ElevationRaster(x_rasters, self.x_norm))
+            elevation = ElevationRaster(x_rasters, self.x_norm, interpolate=align_x)
+            dataset = IntersectionDataset(dataset, elevation)
         super().__init__(
             dataset,
             LabelRaster([r for r in label_rasters if r is not None], decoder),

@@ -53,15 +53,19 @@ def _smp_model(spec: ModelSpec, in_channels: int) -> nn.Module:
     weights = spec.weights
     local = weights is not None and Path(weights).suffix in (".pth", ".pt", ".bin")
     hub = weights if weights and not local else None
-    try:
-        model = smp.create_model(
+
+    def create(encoder_weights: str | None) -> nn.Module:
+        return smp.create_model(
             spec.arch,
             encoder_name=spec.backbone,
-            encoder_weights=hub,
+            encoder_weights=encoder_weights,
             in_channels=in_channels,
             classes=spec.num_classes,
             **spec.kwargs,
         )
+
+    try:
+        model = create(hub)
     except Exception as err:  # offline hub, unknown weights name
         if hub is None or spec.weights_required:
             raise WeightsError(
@@ -75,14 +79,7 @@ def _smp_model(spec: ModelSpec, in_channels: int) -> nn.Module:
             UserWarning,
             stacklevel=2,
         )
-        model = smp.create_model(
-            spec.arch,
-            encoder_name=spec.backbone,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=spec.num_classes,
-            **spec.kwargs,
-        )
+        model = create(None)
     if local:
         load_encoder_weights(model.encoder, spec)
     return model

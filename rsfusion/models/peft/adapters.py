@@ -1,0 +1,68 @@
+"""Bottleneck adapters: KTB's MAPA adaptation and MoBaNet's prompt-injected adapter.
+
+METHODS.md section 1 (KTB, Cai et al., CVPR 2025): a modality-specific bottleneck adapter in
+every frozen block, 0.5 x its output added after the FFN residual. Section 3 (MoBaNet, arXiv
+2026, SAM path of CPIA): the same adapter with the shared cross-modal prompt projected into the
+bottleneck before the nonlinearity.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class BottleneckAdapter(nn.Module):
+    """Bottleneck adapter: KTB MAPA adaptation, MoBaNet CPIA prompt-injected adapter (METHODS 1/3).
+
+    ``out = scale * Up(Dropout(ReLU(Down(t) [+ Prompt(u)])))``, with ``Up`` zero-initialised so
+    the adapter contributes exactly 0 at initialisation and the frozen backbone is unchanged.
+
+    Args:
+        dim: token channels C.
+        reduction: bottleneck reduction; hidden size ``max(1, C // reduction)``.
+        dropout: dropout after the nonlinearity.
+        prompt_dim: channels of an injected prompt (MoBaNet "prompt-injected adapter"); ``None``
+            for a plain adapter (KTB).
+        scale: factor on the output (KTB uses 0.5).
+        skip: return ``t + out`` instead of ``out`` (the adapter's own residual connection).
+
+    Example:
+        >>> import torch
+        >>> adapter = BottleneckAdapter(64, scale=0.5)
+        >>> bool((adapter(torch.randn(2, 9, 64)) == 0).all())
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        reduction: int = 16,
+        dropout: float = 0.1,
+        prompt_dim: int | None = None,
+        scale: float = 1.0,
+        skip: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = max(1, dim // reduction)
+        self.hidden_dim, self.scale, self.skip = hidden, scale, skip
+        self.down = nn.Linear(dim, hidden)
+        self.prompt_proj = nn.Linear(prompt_dim, hidden) if prompt_dim is not None else None
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, t: Tensor, prompt: Tensor | None = None) -> Tensor:
+        """Adapt tokens ``t`` (..., C); ``prompt`` (..., prompt_dim) is required iff injected."""
+        if (prompt is None) != (self.prompt_proj is None):
+            raise ValueError(
+                "this adapter was built with prompt_dim="
+                f"{None if self.prompt_proj is None else self.prompt_proj.in_features} "
+                f"and called {'without' if prompt is None else 'with'} a prompt"
+            )
+        h = self.down(t)
+        if self.prompt_proj is not None and prompt is not None:
+            h = h + self.prompt_proj(prompt)
+        out = self.scale * self.up(self.drop(self.act(h)))
+        return t + out if self.skip else out

@@ -62,6 +62,25 @@ class DataConfig:
 
 
 @dataclass
+class MaskingSection:
+    """Train-time modality masking: MCRM rectangles (MoBaNet) or whole-modality MMST (KTB)."""
+
+    mode: Literal["none", "mcrm", "mmst"] = "none"
+    fraction: float = 0.25
+    area: list[float] = field(default_factory=lambda: [0.1, 0.3])
+    aspect: list[float] = field(default_factory=lambda: [0.5, 2.0])
+
+
+@dataclass
+class AuxLossSection:
+    """Auxiliary heads' supervision: on the pixels the main head got wrong ("hard", MoBaNet)
+    or right ("self_teaching", KTB), with the given weight."""
+
+    mode: Literal["none", "hard", "self_teaching"] = "none"
+    weight: float = 0.01
+
+
+@dataclass
 class ModelConfig:
     """Which recipe, architecture and backbone to build, with extra keyword arguments."""
 
@@ -71,6 +90,8 @@ class ModelConfig:
     weights: str | None = None
     weights_required: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    masking: MaskingSection = field(default_factory=MaskingSection)
+    aux_loss: AuxLossSection = field(default_factory=AuxLossSection)
 
 
 @dataclass

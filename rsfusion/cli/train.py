@@ -167,6 +167,8 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
         class_names=card.class_names,
         meta=meta,
         seed=cfg.seed,
+        masking=config_to_dict(cfg)["model"]["masking"],
+        aux_loss=config_to_dict(cfg)["model"]["aux_loss"],
     )
     if resume:
         check_resume(resume, meta)

@@ -15,6 +15,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.config import OptimConfig
 from rsfusion.models.base import ModelSpec, build_model
+from rsfusion.training.losses import AuxSupervision, split_output
+from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
 from rsfusion.training.optim import build_optimizer, lr_lambda
 from rsfusion.training.reports import format_class_table, save_confusion_figure, save_scores_json
@@ -29,6 +31,8 @@ class SegmentationTask(LightningModule):
         ignore_index: label id ignored by the loss and the metrics.
         metric_classes: classes averaged in mF1 / mIoU (OA uses all).
         class_names: names in class order, for logs.
+        masking: train-time modality masking (``MaskingConfig`` fields), default off.
+        aux_loss: ``{"mode": "hard" | "self_teaching", "weight": w}`` for models with aux heads.
         meta: what prediction needs (bands, normalisation, classes, palette, window, config);
             stored in every checkpoint under ``"rsfusion"``.
     """
@@ -42,6 +46,8 @@ class SegmentationTask(LightningModule):
         class_names: list[str],
         meta: dict[str, Any] | None = None,
         seed: int = 42,
+        masking: dict[str, Any] | None = None,
+        aux_loss: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -50,6 +56,13 @@ class SegmentationTask(LightningModule):
         self.model = build_model(self.spec)
         self.optim_cfg = OptimConfig(**optim)
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.masking = ModalityMasking(MaskingConfig(**(masking or {})))
+        aux = aux_loss or {}
+        self.aux_loss = (
+            AuxSupervision(aux["mode"], aux.get("weight", 0.01), ignore_index)
+            if aux.get("mode", "none") != "none"
+            else None
+        )
         k = self.spec.num_classes
         self.confusion = nn.ModuleDict(
             {s: MulticlassConfusionMatrix(k, ignore_index=ignore_index) for s in ("val", "test")}
@@ -67,8 +80,18 @@ class SegmentationTask(LightningModule):
         return self.criterion(logits, batch["mask"]), logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
+        n = batch["mask"].shape[0]
+        rgb, x, _ = self.masking(batch["image"], batch.get("image_x"))
+        out = self(rgb, x)
+        if self.aux_loss is None:
+            loss = self.criterion(self.logits(out), batch["mask"])
+        else:
+            main, aux = split_output(out)
+            parts = self.aux_loss(main, aux, batch["mask"])
+            loss = parts.pop("loss")
+            for name, value in parts.items():
+                self.log(f"train/loss_{name}", value, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:

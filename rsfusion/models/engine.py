@@ -1,0 +1,102 @@
+"""The dual-stream engine: one frozen backbone shared by an RGB and an X stream, walked stage by
+stage and block by block, calling the recipe's hooks at fixed points (ARCHITECTURE.md table):
+
+    r = embed(rgb); s = recipe.embed_x(x)
+    for each stage i:
+        r, s = recipe.before_stage(i, r, s)
+        for each block j: r, s = recipe.in_block(i, j, r, s)
+        fused_i = recipe.after_stage(i, out_i(r), out_i(s))
+        r, s = next_stage(r), next_stage(s)
+    return recipe.decode(fused, rgb_maps, x_maps, size)
+
+A method is a :class:`Recipe` (its trainable parts and hook bodies); the engine never changes.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from torch import Tensor, nn
+
+from rsfusion.models.backbones.base import Backbone, StreamState
+
+
+class Recipe(nn.Module, abc.ABC):
+    """Trainable parts of a method and its hooks. Defaults: plain shared backbone, no fusion."""
+
+    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
+        """Embed the X stream (default: the backbone's own, shared embedding)."""
+        return backbone.embed(x)
+
+    def before_stage(
+        self, stage: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        """Before a stage's blocks (MoBaNet CPIA / KTB MAPA prompts)."""
+        return r, x
+
+    def in_block(
+        self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        """One block on both streams (adapters and cross prompts hook here)."""
+        return backbone.run_block(stage, index, r), backbone.run_block(stage, index, x)
+
+    def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor:
+        """Fuse the stage's two maps (DGFM, DSCF, GPM, FRM/FFM)."""
+        return r + x
+
+    @abc.abstractmethod
+    def decode(
+        self, fused: list[Tensor], rgb: list[Tensor], x: list[Tensor], size: tuple[int, int]
+    ) -> Tensor | dict[str, Any]:
+        """Head(s) on the pyramids; logits (or {"out", "aux"}) at ``size``."""
+
+
+class DualStreamEngine(nn.Module):
+    """Walk a frozen backbone with two streams; the recipe holds everything trainable.
+
+    Args:
+        backbone: a :class:`Backbone` (frozen here, and kept in eval mode).
+        recipe: the method's :class:`Recipe`.
+    """
+
+    def __init__(self, backbone: Backbone, recipe: Recipe) -> None:
+        super().__init__()
+        backbone.freeze()
+        self.backbone = backbone
+        self.recipe = recipe
+
+    def forward(self, rgb: Tensor, x: Tensor | None = None) -> Tensor | dict[str, Any]:
+        if x is None:
+            raise ValueError("the dual-stream engine needs the X input (image_x)")
+        height, width = rgb.shape[-2:]
+        r = self.backbone.embed(rgb)
+        s = self.recipe.embed_x(self.backbone, x)
+        fused, rgb_maps, x_maps = [], [], []
+        for i in range(len(self.backbone.stages)):
+            r, s = self.recipe.before_stage(i, r, s)
+            for j in range(len(self.backbone.blocks(i))):
+                r, s = self.recipe.in_block(self.backbone, i, j, r, s)
+            fr = self.backbone.stage_output(i, r, "rgb")
+            fs = self.backbone.stage_output(i, s, "x")
+            fused.append(self.recipe.after_stage(i, fr, fs))
+            rgb_maps.append(fr)
+            x_maps.append(fs)
+            r, s = self.backbone.next_stage(i, r), self.backbone.next_stage(i, s)
+        padded = _padded_size(rgb, fused[0], self.backbone)
+        out = self.recipe.decode(fused, rgb_maps, x_maps, padded)
+        return _crop(out, height, width)
+
+
+def _padded_size(rgb: Tensor, first: Tensor, backbone: Backbone) -> tuple[int, int]:
+    reduction = backbone.stages[0].reduction
+    return first.shape[-2] * reduction, first.shape[-1] * reduction
+
+
+def _crop(out: Tensor | dict[str, Any], h: int, w: int) -> Tensor | dict[str, Any]:
+    if isinstance(out, Tensor):
+        return out[..., :h, :w]
+    return {
+        "out": out["out"][..., :h, :w],
+        "aux": {k: v[..., :h, :w] for k, v in out.get("aux", {}).items()},
+    }

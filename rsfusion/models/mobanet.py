@@ -1,0 +1,142 @@
+"""MoBaNet (arXiv 2026): parameter-efficient, modality-balanced symmetric fusion on a frozen VFM.
+
+Recipe parts on the dual-stream engine (METHODS.md section 3): a trainable copy of the RGB patch
+embedding for X (DSM repeated to 3 channels); CPIA cross-modal prompts before each stage (token
+form, r = 1/4) or injected into per-block bottleneck adapters (the SAM path); DGFM fusion of
+each stage's maps; a shared 1x1 projection C->256 of the fused, RGB and X maps; a UPerNet head
+(64 ch) on the fused pyramid; RGB and X auxiliary heads on the stage-1 maps (trained on hard
+pixels with ``model.aux_loss.mode=hard``; MCRM masking with ``model.masking.mode=mcrm``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.base import ModelSpec
+from rsfusion.models.engine import DualStreamEngine, Recipe
+from rsfusion.models.fusion import DGFM
+from rsfusion.models.heads import AuxHead, UPerNetHead
+from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
+from rsfusion.registry import register_model
+
+
+class MoBaNet(Recipe):
+    """MoBaNet's trainable parts: X embedding, CPIA, DGFM, projections, UPerNet + aux heads.
+
+    Args:
+        backbone: the frozen backbone (its stages give the channels).
+        num_classes: output classes.
+        prompt_ratio: CPIA bottleneck ratio r (1/4 in MoBaNet).
+        cpia: 'prompt' (tokens prompted before each stage, DINOv2 path) or 'adapter'
+            (the stage prompt injected into a bottleneck adapter after every block, SAM path).
+        dgfm_hidden: DGFM reduction width (default C // 8: 128 for ViT-L).
+        proj_dim: shared projection width (256).
+        head_channels: UPerNet width (64).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        prompt_ratio: float = 0.25,
+        cpia: Literal["prompt", "adapter"] = "prompt",
+        dgfm_hidden: int | None = None,
+        proj_dim: int = 256,
+        head_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        dims = [s.channels for s in backbone.stages]
+        self.cpia_mode = cpia
+        self.x_embed = copy.deepcopy(backbone.embedding()).requires_grad_(True)
+        self.cpia = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in dims)
+        if cpia == "adapter":
+            self.adapters = nn.ModuleDict(
+                {
+                    m: nn.ModuleList(
+                        nn.ModuleList(BottleneckAdapter(c, prompt_dim=c) for _ in range(s.depth))
+                        for c, s in zip(dims, backbone.stages)
+                    )
+                    for m in ("rgb", "x")
+                }
+            )
+        self.dgfm = nn.ModuleList(DGFM(c, dgfm_hidden or max(c // 8, 1)) for c in dims)
+        self.proj = nn.ModuleList(nn.Conv2d(c, proj_dim, 1, bias=False) for c in dims)
+        self.head = UPerNetHead([proj_dim] * len(dims), head_channels, num_classes=num_classes)
+        self.aux_rgb = AuxHead(proj_dim, proj_dim, num_classes)
+        self.aux_x = AuxHead(proj_dim, proj_dim, num_classes)
+        self._prompt: Tensor | None = None
+
+    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
+        if x.shape[1] == 1:  # DSM / nDSM: repeated to the 3 channels of the copied embedding
+            x = x.expand(-1, 3, -1, -1)
+        return backbone.embed(x, self.x_embed)
+
+    def before_stage(
+        self, stage: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        cpia = self.cpia[stage]
+        if self.cpia_mode == "prompt":
+            pr, px = cpia(r.patches(), x.patches())
+            return r.with_patches(pr), x.with_patches(px)
+        self._prompt = cpia.prompt(r.patches(), x.patches())
+        return r, x
+
+    def in_block(
+        self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        r, x = backbone.run_block(stage, index, r), backbone.run_block(stage, index, x)
+        if self.cpia_mode == "adapter":
+            u = self._prompt
+            ar, ax = self.adapters["rgb"][stage][index], self.adapters["x"][stage][index]
+            r = r.with_patches(r.patches() + ar(r.patches(), u))
+            x = x.with_patches(x.patches() + ax(x.patches(), u))
+        return r, x
+
+    def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor:
+        return self.dgfm[stage](r, x)
+
+    def decode(
+        self, fused: list[Tensor], rgb: list[Tensor], x: list[Tensor], size: tuple[int, int]
+    ) -> Tensor | dict[str, Any]:
+        logits = self.head([p(f) for p, f in zip(self.proj, fused)])
+        out = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if not self.training:
+            return out
+        aux = {
+            "rgb": self.aux_rgb(self.proj[0](rgb[0])),
+            "x": self.aux_x(self.proj[0](x[0])),
+        }
+        aux = {
+            k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+            for k, v in aux.items()
+        }
+        return {"out": out, "aux": aux}
+
+
+def build_backbone(spec: ModelSpec) -> Backbone:
+    """The frozen backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs)."""
+    from rsfusion.models.backbones.vit import ViTBackbone
+
+    kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
+    if spec.backbone.startswith("vit_"):
+        return ViTBackbone(spec.backbone, **kwargs)
+    raise KeyError(
+        f"backbone '{spec.backbone}' has no engine adapter yet: use a timm ViT name such as "
+        "vit_large_patch14_dinov2"
+    )
+
+
+@register_model("mobanet")
+def mobanet(spec: ModelSpec) -> nn.Module:
+    """MoBaNet on the dual-stream engine; recipe options from ``model.kwargs``."""
+    if spec.x_channels not in (1, 3):
+        raise ValueError(f"MoBaNet takes a 1- or 3-channel X input, got {spec.x_channels}")
+    backbone = build_backbone(spec)
+    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
+    recipe = MoBaNet(backbone, spec.num_classes, **options)
+    return DualStreamEngine(backbone, recipe)

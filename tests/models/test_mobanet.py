@@ -1,0 +1,58 @@
+"""MoBaNet on the engine: X embedding copy, CPIA forms, DGFM at init, outputs."""
+
+import pytest
+import torch
+
+from rsfusion.models import ModelSpec, build_model
+from rsfusion.models.base import count_parameters
+
+KW = {"backbone_kwargs": {"depth": 4, "embed_dim": 32, "num_heads": 2, "img_size": 56},
+      "proj_dim": 16, "head_channels": 8}  # fmt: skip
+
+
+def _model(**extra):
+    torch.manual_seed(0)
+    spec = ModelSpec("mobanet", 6, 3, 1, backbone="vit_small_patch14_dinov2",
+                     kwargs={**KW, **extra})  # fmt: skip
+    return build_model(spec)
+
+
+def test_x_embedding_is_a_trainable_copy_of_the_rgb_one():
+    model = _model()
+    rgb_embed = model.backbone.vit.patch_embed.proj.weight
+    x_embed = model.recipe.x_embed.proj.weight
+    assert torch.equal(rgb_embed, x_embed) and x_embed.data_ptr() != rgb_embed.data_ptr()
+    assert x_embed.requires_grad and not rgb_embed.requires_grad
+
+
+def test_training_returns_main_and_aux_eval_returns_logits():
+    model = _model().train()
+    out = model(torch.rand(2, 3, 30, 44), torch.rand(2, 1, 30, 44))
+    assert set(out["aux"]) == {"rgb", "x"}
+    assert out["out"].shape == out["aux"]["x"].shape == (2, 6, 30, 44)
+    model.eval()
+    assert model(torch.rand(1, 3, 30, 44), torch.rand(1, 1, 30, 44)).shape == (1, 6, 30, 44)
+
+
+def test_dsm_changes_the_prediction_and_dgfm_gate_starts_at_half():
+    model = _model().eval()
+    rgb = torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        a = model(rgb, torch.zeros(1, 1, 28, 28))
+        b = model(rgb, torch.ones(1, 1, 28, 28))
+        r, s = torch.rand(1, 32, 2, 2), torch.rand(1, 32, 2, 2)
+        assert torch.allclose(model.recipe.dgfm[0].gate(r, s), torch.full_like(r, 0.5))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("cpia", ["prompt", "adapter"])
+def test_both_cpia_forms_train_and_count_parameters(cpia):
+    model = _model(cpia=cpia)
+    total, trainable = count_parameters(model)
+    frozen = sum(p.numel() for p in model.backbone.parameters())
+    assert total - trainable == frozen
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".adapters." in n for n in names) == (cpia == "adapter")
+    out = model.train()(torch.rand(2, 3, 28, 28), torch.rand(2, 1, 28, 28))
+    out["out"].mean().backward()
+    assert model.recipe.cpia[0].mix.weight.grad is not None

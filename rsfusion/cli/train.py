@@ -143,33 +143,42 @@ def weights_digest(model: Any) -> str:
     return digest.hexdigest()
 
 
+def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """The datamodule and the LightningModule of a config (seed first for a stable init)."""
+    from rsfusion.data.datamodule import ISPRSDataModule
+    from rsfusion.training.task import SegmentationTask
+
+    card = load_card(cfg.data.card)
+    dm = ISPRSDataModule(cfg.data, cfg.seed)
+    spec = model_spec(cfg, card)
+    plain = config_to_dict(cfg)
+    meta = {**dm.describe(), "config": plain, "model": spec.__dict__}
+    task = SegmentationTask(
+        model=spec.__dict__,
+        optim=plain["optim"],
+        ignore_index=card.ignore_index,
+        metric_classes=card.metric_classes,
+        class_names=card.class_names,
+        meta=meta,
+        seed=cfg.seed,
+        masking=plain["model"]["masking"],
+        aux_loss=plain["model"]["aux_loss"],
+    )
+    return dm, task
+
+
 def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Path:
     """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from rsfusion.data.datamodule import ISPRSDataModule
     from rsfusion.training.checkpoints import LastCheckpoint
-    from rsfusion.training.task import SegmentationTask
 
     L.seed_everything(cfg.seed, workers=True)
     save_config(cfg, folder / "config.yaml")
-    card = load_card(cfg.data.card)
-    dm = ISPRSDataModule(cfg.data, cfg.seed)
-    spec = model_spec(cfg, card)
-    meta = {**dm.describe(), "config": config_to_dict(cfg), "model": spec.__dict__}
-    task = SegmentationTask(
-        model=spec.__dict__,
-        optim=config_to_dict(cfg)["optim"],
-        ignore_index=card.ignore_index,
-        metric_classes=card.metric_classes,
-        class_names=card.class_names,
-        meta=meta,
-        seed=cfg.seed,
-        masking=config_to_dict(cfg)["model"]["masking"],
-        aux_loss=config_to_dict(cfg)["model"]["aux_loss"],
-    )
+    dm, task = build_task(cfg)
+    meta = task.hparams.meta
     if resume:
         check_resume(resume, meta)
     ckpt_dir = folder / "checkpoints"

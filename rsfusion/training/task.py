@@ -56,6 +56,8 @@ class SegmentationTask(LightningModule):
         self.model = build_model(self.spec)
         self.optim_cfg = OptimConfig(**optim)
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.drop: str | None = None  # "rgb" or "x": evaluate with that input zeroed
+        self.last_scores: dict[str, dict[str, Tensor]] = {}
         self.masking = ModalityMasking(MaskingConfig(**(masking or {})))
         aux = aux_loss or {}
         self.aux_loss = (
@@ -76,7 +78,12 @@ class SegmentationTask(LightningModule):
         return out["out"] if isinstance(out, dict) else out
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self.logits(self(batch["image"], batch.get("image_x")))
+        rgb, x = batch["image"], batch.get("image_x")
+        if self.drop == "x" and x is not None:  # missing-modality evaluation: zeroed after
+            x = torch.zeros_like(x)  # normalisation, as the training masks do
+        elif self.drop == "rgb":
+            rgb = torch.zeros_like(rgb)
+        logits = self.logits(self(rgb, x))
         return self.criterion(logits, batch["mask"]), logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -109,6 +116,7 @@ class SegmentationTask(LightningModule):
         cm = self.confusion[split].compute()
         self.confusion[split].reset()
         scores = scores_from_confusion(cm, self.hparams.metric_classes)
+        self.last_scores[split] = scores
         for key in ("OA", "mIoU", "mF1", "mAcc"):
             value = scores[key].float()
             self.log(f"{split}/{key}", value, prog_bar=key == "mIoU", sync_dist=True)
@@ -120,9 +128,10 @@ class SegmentationTask(LightningModule):
         table = format_class_table(scores, names, self.hparams.metric_classes)
         print(f"\n{split} epoch {self.current_epoch} step {self.global_step}\n{table}")
         folder = Path(self.trainer.default_root_dir) / "reports"
-        save_scores_json(scores, names, folder / f"{split}_scores.json")
+        tag = {None: split, "x": f"{split}_rgb_only", "rgb": f"{split}_x_only"}[self.drop]
+        save_scores_json(scores, names, folder / f"{tag}_scores.json")
         save_confusion_figure(
-            cm.cpu(), names, folder / f"{split}_confusion.png",
+            cm.cpu(), names, folder / f"{tag}_confusion.png",
             title=f"{split}, epoch {self.current_epoch}, step {self.global_step}",
         )  # fmt: skip
 

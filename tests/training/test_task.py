@@ -70,3 +70,15 @@ def test_hard_pixel_aux_loss_is_added_with_its_weight():
     assert wrong.any()
     expected = loss_plain + 0.5 * torch.log(torch.tensor(3.0))
     assert torch.allclose(loss_aux, expected, atol=1e-5)
+
+
+def test_missing_modality_evaluation_zeroes_the_dropped_input():
+    task = _task()
+    task.model = Recorder(aux=False)
+    batch = _batch()
+    for drop, zero_rgb, zero_x in ((None, False, False), ("x", False, True), ("rgb", True, False)):
+        task.drop = drop
+        task._step(batch)
+        rgb, x = task.model.seen[-1]
+        assert bool((rgb == 0).all()) == zero_rgb and bool((x == 0).all()) == zero_x
+        assert torch.equal(rgb, batch["image"]) != zero_rgb

@@ -11,6 +11,8 @@ pixels with ``model.aux_loss.mode=hard``; MCRM masking with ``model.masking.mode
 from __future__ import annotations
 
 import copy
+import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
 from rsfusion.models.base import ModelSpec
+from rsfusion.models.baselines import WeightsError
 from rsfusion.models.engine import DualStreamEngine, Recipe
 from rsfusion.models.fusion import DGFM
 from rsfusion.models.heads import AuxHead, UPerNetHead
@@ -124,11 +127,40 @@ def build_backbone(spec: ModelSpec) -> Backbone:
 
     kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
     if spec.backbone.startswith("vit_"):
-        return ViTBackbone(spec.backbone, **kwargs)
+        backbone = ViTBackbone(spec.backbone, **kwargs)
+        load_backbone_weights(backbone, spec)
+        return backbone
     raise KeyError(
         f"backbone '{spec.backbone}' has no engine adapter yet: use a timm ViT name such as "
         "vit_large_patch14_dinov2"
     )
+
+
+def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
+    """Load ``model.weights`` (local file or hub name) into the frozen backbone.
+
+    Offline with no file: a loud warning and random init, or an error with
+    ``model.weights_required: true``. ``--dry-run`` builds with ``weights=None``.
+    """
+    from rsfusion.models.backbones.weights import WeightsUnavailable, load_vit_weights
+
+    if not spec.weights:
+        return
+    local = Path(spec.weights).suffix in (".pth", ".pt", ".bin", ".safetensors")
+    if local and not Path(spec.weights).is_file():
+        raise WeightsError(f"model.weights {spec.weights}: no such file")
+    try:
+        report = load_vit_weights(backbone.vit, spec.weights)
+    except WeightsUnavailable as err:
+        if spec.weights_required:
+            raise WeightsError(str(err)) from err
+        warnings.warn(
+            f"BACKBONE WEIGHTS NOT LOADED, TRAINING A RANDOMLY INITIALISED FROZEN BACKBONE: {err}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
+    print(f"backbone {spec.backbone}: {report.summary()}")
 
 
 @register_model("mobanet")

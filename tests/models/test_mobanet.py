@@ -56,3 +56,25 @@ def test_both_cpia_forms_train_and_count_parameters(cpia):
     out = model.train()(torch.rand(2, 3, 28, 28), torch.rand(2, 1, 28, 28))
     out["out"].mean().backward()
     assert model.recipe.cpia[0].mix.weight.grad is not None
+
+
+def test_backbone_weights_from_a_local_file_or_a_clear_error(tmp_path):
+    from rsfusion.models.backbones.weights import weights_digest
+    from rsfusion.models.baselines import WeightsError
+
+    donor = _model()
+    path = tmp_path / "vit.pth"
+    torch.save(donor.backbone.vit.state_dict(), path)
+    torch.manual_seed(123)  # a different random init, then the file's weights
+    spec = ModelSpec("mobanet", 6, 3, 1, backbone="vit_small_patch14_dinov2", kwargs=KW,
+                     weights=str(path))  # fmt: skip
+    model = build_model(spec)
+    assert weights_digest(model.backbone.vit) == weights_digest(donor.backbone.vit)
+    missing = ModelSpec("mobanet", 6, 3, 1, backbone="vit_small_patch14_dinov2", kwargs=KW,
+                        weights=str(tmp_path / "nope.pth"))  # fmt: skip
+    with pytest.raises(WeightsError, match="nope.pth: no such file"):
+        build_model(missing)
+    hub = ModelSpec("mobanet", 6, 3, 1, backbone="vit_small_patch14_dinov2", kwargs=KW,
+                    weights="vit_small_patch14_dinov2.lvd142m", weights_required=True)  # fmt: skip
+    with pytest.raises(WeightsError, match="model.weights"):
+        build_model(hub)

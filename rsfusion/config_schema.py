@@ -54,7 +54,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     samples_per_epoch: int = 1000
-    rgb_norm: Literal["imagenet", "unit"] = "imagenet"
+    rgb_norm: Literal["imagenet", "unit", "tf"] = "imagenet"
     x_norm: Literal["raster_minmax", "dataset", "scale"] = "raster_minmax"
     x_scale: float = 1.0
     align_x: bool = False

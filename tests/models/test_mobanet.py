@@ -78,3 +78,22 @@ def test_backbone_weights_from_a_local_file_or_a_clear_error(tmp_path):
                     weights="vit_small_patch14_dinov2.lvd142m", weights_required=True)  # fmt: skip
     with pytest.raises(WeightsError, match="model.weights"):
         build_model(hub)
+
+
+def test_cnn_backbone_with_real_lite0_weights_stage_level_cpia():
+    from rsfusion.models.mobanet import LITE0_WEIGHTS
+
+    spec = ModelSpec("mobanet", 6, 3, 1, backbone="tf_efficientnet_lite0", weights=LITE0_WEIGHTS,
+                     kwargs={"proj_dim": 16, "head_channels": 8})  # fmt: skip
+    model = build_model(spec)
+    stem = model.backbone.embedding()[0].weight
+    assert torch.equal(model.recipe.x_embed[0].weight, stem)  # a copy of the pre-trained stem
+    assert abs(float(stem.std()) - 0.0) > 1e-3
+    # prompts sized by the channels entering each stage: stem 32, then 16, 24, 40, 112
+    assert [p.down_rgb.in_features for p in model.recipe.cpia] == [32, 16, 24, 40, 112]
+    out = model.train()(torch.rand(2, 3, 70, 90), torch.rand(2, 1, 70, 90))
+    assert out["out"].shape == (2, 6, 70, 90)
+    bad = ModelSpec("mobanet", 6, 3, 1, backbone="tf_efficientnet_lite0",
+                    kwargs={"cpia": "adapter", "proj_dim": 16, "head_channels": 8})  # fmt: skip
+    with pytest.raises(ValueError, match="constant width"):
+        build_model(bad)

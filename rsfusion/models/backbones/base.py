@@ -94,6 +94,24 @@ class Backbone(nn.Module, abc.ABC):
         """Move a stream from the end of ``stage`` into ``stage + 1`` (downsampling)."""
         return state
 
+    def stage_input_channels(self, in_chans: int = 3) -> list[int]:
+        """Channels of the state entering each stage (before_stage hooks size their parts).
+
+        Found by walking a small zero image, so it holds for any stem and downsampling.
+        """
+        import torch
+
+        size = 2 * max(s.reduction for s in self.stages)
+        channels = []
+        with torch.no_grad():
+            state = self.embed(torch.zeros(1, in_chans, size, size))
+            for i in range(len(self.stages)):
+                channels.append(state.data.shape[-1] if state.is_tokens else state.data.shape[1])
+                for j in range(len(self.blocks(i))):
+                    state = self.run_block(i, j, state)
+                state = self.next_stage(i, state)
+        return channels
+
     def freeze(self) -> None:
         """Freeze every parameter and keep norm statistics fixed."""
         for p in self.parameters():

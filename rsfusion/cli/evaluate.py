@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rsfusion.cli.train import USER_ERRORS, CheckpointMismatchError, build_task
+from rsfusion.cli.train import (
+    USER_ERRORS,
+    CheckpointMismatchError,
+    build_task,
+    check_fits,
+    read_checkpoint,
+)
 from rsfusion.config import load_config
 
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
@@ -38,19 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_trained(task: Any, ckpt_path: str) -> dict[str, Any]:
     """Load a (slim) checkpoint into a freshly built task; refuse one that does not fit."""
-    import torch
-
     from rsfusion.training.task import frozen_digest
 
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"--ckpt {ckpt_path}: no such checkpoint file")
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    old, meta = saved.get("rsfusion", {}), task.hparams.meta
-    for key in ("classes", "rgb_bands", "x_bands"):
-        if key in old and old[key] != meta[key]:
-            raise CheckpointMismatchError(
-                f"--ckpt {ckpt_path}: its {key} {old[key]} differ from this config's {meta[key]}"
-            )
+    saved = read_checkpoint("--ckpt", ckpt_path)
+    check_fits("--ckpt", ckpt_path, saved, task.hparams.meta)
+    old = saved.get("rsfusion", {})
     digest = frozen_digest(task.model)
     if old.get("frozen_sha256") != digest:
         raise CheckpointMismatchError(

@@ -115,32 +115,25 @@ def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
     return folder
 
 
-def check_resume(ckpt_path: str, meta: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint whose classes or bands differ from the config's."""
+def read_checkpoint(flag: str, path: str) -> dict[str, Any]:
+    """Load a checkpoint file named by a command-line flag, or say which file is missing."""
     import torch
 
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"--resume {ckpt_path}: no such checkpoint file")
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def check_fits(flag: str, path: str, saved: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose classes or bands differ from the config's."""
     old = saved.get("rsfusion", {})
     for key in ("classes", "rgb_bands", "x_bands"):
         if key in old and old[key] != meta[key]:
             raise CheckpointMismatchError(
-                f"--resume {ckpt_path}: its {key} {old[key]} differ from this config's "
-                f"{meta[key]}; resume with the config the checkpoint was trained with "
-                "(its config.yaml sits in the run folder)."
+                f"{flag} {path}: its {key} {old[key]} differ from this config's {meta[key]}; "
+                "use the config the checkpoint was trained with (its config.yaml sits in the "
+                "run folder)."
             )
-
-
-def weights_digest(model: Any) -> str:
-    """SHA-256 of all parameters, to compare replicas (DDP ranks must agree)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
@@ -173,6 +166,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from rsfusion.models.backbones.weights import tensors_digest
     from rsfusion.training.checkpoints import LastCheckpoint
 
     L.seed_everything(cfg.seed, workers=True)
@@ -180,7 +174,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     dm, task = build_task(cfg)
     meta = task.hparams.meta
     if resume:
-        check_resume(resume, meta)
+        check_fits("--resume", resume, read_checkpoint("--resume", resume), meta)
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -206,7 +200,9 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     trainer = L.Trainer(**trainer_args)
     trainer.fit(task, datamodule=dm, ckpt_path=resume)
     last = ckpt_dir / "last.ckpt"
-    print(f"rank {trainer.global_rank} weights sha256={weights_digest(task.model)}")
+    # parameters only: DDP ranks agree on them; BN running statistics stay rank-local
+    digest = tensors_digest(dict(task.model.named_parameters()))
+    print(f"rank {trainer.global_rank} weights sha256={digest}")
     return last
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -185,14 +184,8 @@ def reseed(seed: int) -> None:
 
 
 def frozen_digest(model: nn.Module) -> str | None:
-    """SHA-256 over the frozen parameters (name, shape, bytes); None when nothing is frozen."""
-    digest = hashlib.sha256()
-    found = False
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            continue
-        found = True
-        t = p.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest() if found else None
+    """SHA-256 over the frozen parameters (name, shape, dtype, bytes); None when none is frozen."""
+    from rsfusion.models.backbones.weights import tensors_digest
+
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    return tensors_digest(frozen) if frozen else None

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder: {folder}")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # frozen backbones stay in eval mode on purpose (Backbone.train)
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             last = train(cfg, folder, args.resume)
         print(f"last checkpoint: {last}")
         return 0

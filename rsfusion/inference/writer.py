@@ -1,0 +1,299 @@
+"""Streaming, atomic GeoTIFF output for predictions too large to hold in memory, and COG export.
+
+:class:`StreamingGeoTIFF` writes a tiled, compressed GeoTIFF one band of rows at a time under a
+hidden temporary name and renames it only when the ``with`` block ends without an exception, so
+nothing half-written ever appears under the final name. Rows are buffered to whole tile rows, so
+every tile is compressed and written exactly once and memory is ``count * block * width`` values.
+:func:`to_cog` then converts the finished file to a Cloud Optimized GeoTIFF (rasterio's COG
+driver holds the whole raster in memory when *writing*; copying from a tiled file does not).
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from rasterio.transform import from_origin
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "classes.tif"
+    >>> grid = ("EPSG:32632", from_origin(500000, 5400000, 0.5, 0.5), 64, 40)
+    >>> with StreamingGeoTIFF(out, grid, count=1, dtype="uint8", class_names=["a", "b"]) as w:
+    ...     w.write_rows(0, np.zeros((1, 30, 64), np.uint8))
+    ...     w.write_rows(30, np.ones((1, 10, 64), np.uint8))
+    >>> out.exists()
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+CLASS_NAMES_TAG = "CLASS_NAMES"
+
+
+def class_dtype(num_classes: int) -> str:
+    """Smallest unsigned dtype for class ids ``0..num_classes-1`` (uint8 up to 255 classes)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return "uint8" if num_classes <= 255 else "uint16"
+
+
+def _temp_path(path: Path) -> Path:
+    """Hidden temporary name beside ``path`` (same folder, so ``os.replace`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` and its GDAL side-car (``.aux.xml``) if present."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".aux.xml").unlink(missing_ok=True)
+
+
+def _grid(profile_like: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+    """``crs``, ``transform``, ``width``, ``height`` from a rasterio profile or a 4-tuple."""
+    if isinstance(profile_like, Mapping):
+        keys = ("crs", "transform", "width", "height")
+        return {k: profile_like[k] for k in keys}
+    crs, transform, width, height = profile_like
+    return {"crs": crs, "transform": transform, "width": int(width), "height": int(height)}
+
+
+class StreamingGeoTIFF:
+    """Context manager writing a tiled GeoTIFF top to bottom in row chunks, atomically.
+
+    Args:
+        path: final file name.
+        profile_like: a rasterio profile (``crs``, ``transform``, ``width``, ``height`` are
+            read) or a ``(crs, transform, width, height)`` tuple.
+        count: number of bands.
+        dtype: numpy/rasterio dtype name (see :func:`class_dtype` for class maps).
+        nodata: nodata value declared on every band.
+        colormap: ``{class_id: (r, g, b[, a])}``; single-band uint8 only.
+        band_descriptions: one description per band.
+        class_names: written to the ``CLASS_NAMES`` dataset tag (JSON list); a single band
+            without a description is then described as ``"class"``.
+        block: tile size in pixels (multiple of 16).
+        compress: GTiff compression (``"deflate"``, ``"lzw"``, ``"zstd"``, ...).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        profile_like: Mapping[str, Any] | Sequence[Any],
+        count: int,
+        dtype: str | np.dtype,
+        nodata: float | None = None,
+        colormap: dict[int, tuple[int, ...]] | None = None,
+        band_descriptions: list[str] | None = None,
+        class_names: list[str] | None = None,
+        block: int = 512,
+        compress: str = "deflate",
+    ) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        if block <= 0 or block % 16:
+            raise ValueError(f"block must be a positive multiple of 16, got {block}")
+        if colormap is not None and (count != 1 or self.dtype != np.uint8):
+            raise ValueError("a colour table needs a single-band uint8 raster")
+        if band_descriptions is not None and len(band_descriptions) != count:
+            raise ValueError(f"{len(band_descriptions)} band descriptions for {count} bands")
+        grid = _grid(profile_like)
+        self.width, self.height, self.count = grid["width"], grid["height"], count
+        self.profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "count": count,
+            "dtype": self.dtype.name,
+            "crs": CRS.from_user_input(grid["crs"]) if grid["crs"] is not None else None,
+            "transform": grid["transform"],
+            "width": self.width,
+            "height": self.height,
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": block,
+            "blockysize": block,
+            "compress": compress,
+            "predictor": 3 if self.dtype.kind == "f" else 2,
+            "interleave": "band" if count > 1 else "pixel",
+            "bigtiff": "IF_SAFER",
+        }
+        self.colormap = colormap
+        self.band_descriptions = band_descriptions
+        self.class_names = class_names
+        self.tmp = _temp_path(self.path)
+        self._dst: Any = None
+        self._buffer = np.empty((count, min(block, self.height), self.width), self.dtype)
+        self._buffered = 0  # rows held in the buffer
+        self._flushed = 0  # rows written to the file
+
+    @property
+    def rows_written(self) -> int:
+        """Rows received so far (written or buffered)."""
+        return self._flushed + self._buffered
+
+    def __enter__(self) -> StreamingGeoTIFF:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._dst = rasterio.open(self.tmp, "w", **self.profile)
+        try:
+            if self.colormap is not None:
+                self._dst.write_colormap(1, self.colormap)
+            descriptions = self.band_descriptions
+            if descriptions is None and self.class_names is not None and self.count == 1:
+                descriptions = ["class"]
+            for i, text in enumerate(descriptions or [], start=1):
+                self._dst.set_band_description(i, text)
+            if self.class_names is not None:
+                self._dst.update_tags(**{CLASS_NAMES_TAG: json.dumps(list(self.class_names))})
+                self._dst.update_tags(1, NUM_CLASSES=str(len(self.class_names)))
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def write_rows(self, row_start: int, array: np.ndarray) -> None:
+        """Write ``array`` of shape ``(count, n, width)`` (or ``(n, width)``) at ``row_start``.
+
+        Chunks must arrive top to bottom without gaps or overlaps; any height is accepted.
+        """
+        if self._dst is None:
+            raise RuntimeError("write_rows() called outside the with block")
+        arr = np.asarray(array)
+        arr = arr[None] if arr.ndim == 2 else arr
+        if arr.ndim != 3 or arr.shape[0] != self.count or arr.shape[2] != self.width:
+            raise ValueError(f"expected ({self.count}, n, {self.width}), got {arr.shape}")
+        if row_start != self.rows_written:
+            raise ValueError(
+                f"rows must come in order: expected {self.rows_written}, got {row_start}"
+            )
+        if row_start + arr.shape[1] > self.height:
+            raise ValueError(f"rows {row_start}..{row_start + arr.shape[1]} exceed {self.height}")
+        done = 0
+        while done < arr.shape[1]:
+            take = min(arr.shape[1] - done, self._buffer.shape[1] - self._buffered)
+            self._buffer[:, self._buffered : self._buffered + take] = arr[:, done : done + take]
+            self._buffered += take
+            done += take
+            if self._buffered == self._buffer.shape[1] or self.rows_written == self.height:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered rows (a whole tile row, or the last rows) to the file."""
+        n = self._buffered
+        window = Window(0, self._flushed, self.width, n)
+        self._dst.write(self._buffer[:, :n], window=window)
+        self._flushed += n
+        self._buffered = 0
+
+    def _abort(self) -> None:
+        """Close and delete the temporary file."""
+        if self._dst is not None:
+            try:
+                self._dst.close()
+            finally:
+                self._dst = None
+                _remove(self.tmp)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        if self.rows_written != self.height:
+            self._abort()
+            raise ValueError(f"only {self.rows_written} of {self.height} rows were written")
+        try:
+            self._dst.close()
+            self._dst = None
+            os.replace(self.tmp, self.path)
+            aux = self.tmp.with_name(self.tmp.name + ".aux.xml")
+            if aux.exists():
+                os.replace(aux, self.path.with_name(self.path.name + ".aux.xml"))
+        finally:
+            _remove(self.tmp)
+
+
+def to_cog(
+    src_path: str | Path,
+    dst_path: str | Path,
+    overviews: bool = True,
+    resampling: str | None = None,
+    blocksize: int = 512,
+    compress: str = "deflate",
+    method: Literal["cog", "copy_overviews"] = "copy_overviews",
+) -> Path:
+    """Convert a finished tiled GeoTIFF to a Cloud Optimized GeoTIFF, atomically.
+
+    Args:
+        src_path: tiled GeoTIFF (e.g. written by :class:`StreamingGeoTIFF`).
+        dst_path: output COG.
+        overviews: build internal overviews.
+        resampling: overview resampling; default ``"nearest"`` when the source declares classes
+            (``CLASS_NAMES`` tag or a colour table), else ``"average"`` (probabilities).
+        blocksize: COG tile size.
+        compress: COG compression.
+        method: ``"copy_overviews"`` (default) builds overviews on a temporary GTiff copy,
+            then copies with ``COPY_SRC_OVERVIEWS=YES`` (GDAL >= 3.1 writes the COG layout);
+            ``"cog"`` copies with GDAL's COG driver. Both stay far below the raster size; the
+            first peaked ~20 MiB lower (4096^2 uint8: 91 vs 111 MiB RSS) but needs the disk
+            space of one more copy of the source.
+    """
+    src_path, dst_path = Path(src_path), Path(dst_path)
+    with rasterio.open(src_path) as src:
+        is_class = CLASS_NAMES_TAG in src.tags() or _has_colormap(src)
+        dtype_kind = np.dtype(src.dtypes[0]).kind
+    resampling = resampling or ("nearest" if is_class else "average")
+    Resampling[resampling]  # noqa: B018 (raises KeyError on an unknown name)
+    opts = {"COMPRESS": compress, "PREDICTOR": 3 if dtype_kind == "f" else 2, "BIGTIFF": "IF_SAFER"}
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(dst_path)
+    work = tmp.with_name(tmp.name + ".ovr.tif")
+    try:
+        if method == "cog":
+            ovr = "IGNORE_EXISTING" if overviews else "NONE"
+            opts |= {"BLOCKSIZE": blocksize, "OVERVIEWS": ovr}
+            opts["OVERVIEW_RESAMPLING"] = resampling.upper()
+            rasterio.shutil.copy(src_path, tmp, driver="COG", **opts)
+        elif method == "copy_overviews":
+            shutil.copyfile(src_path, work)
+            if overviews:
+                with rasterio.open(work, "r+") as ds:
+                    factors = _factors(ds.width, ds.height, blocksize)
+                    ds.build_overviews(factors, Resampling[resampling])
+            opts |= {"TILED": "YES", "BLOCKXSIZE": blocksize, "BLOCKYSIZE": blocksize}
+            rasterio.shutil.copy(work, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **opts)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        os.replace(tmp, dst_path)
+    finally:
+        _remove(tmp)
+        _remove(work)
+    return dst_path
+
+
+def _factors(width: int, height: int, blocksize: int) -> list[int]:
+    """Overview factors 2, 4, ... until the largest side fits one tile."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > blocksize:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def _has_colormap(src: Any) -> bool:
+    """Whether band 1 carries a colour table."""
+    try:
+        src.colormap(1)
+    except ValueError:
+        return False
+    return True

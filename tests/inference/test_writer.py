@@ -1,0 +1,138 @@
+"""Tests for rsfusion.inference.writer: streaming atomic GeoTIFF and COG export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
+
+TRANSFORM = from_origin(496000.0, 5420000.0, 0.5, 0.5)
+GRID = ("EPSG:32632", TRANSFORM, 517, 300)
+NAMES = ["impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"]
+COLOURS = {
+    0: (255, 255, 255, 255),
+    1: (0, 0, 255, 255),
+    2: (0, 255, 255, 255),
+    3: (0, 255, 0, 255),
+    4: (255, 255, 0, 255),
+    5: (255, 0, 0, 255),
+}
+
+
+def _classes(seed: int = 0) -> np.ndarray:
+    """A (1, 300, 517) uint8 class map with some nodata (255)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 6, (1, 300, 517), dtype=np.uint8)
+    arr[0, 10:40, 100:200] = 255
+    return arr
+
+
+def _write(path: Path, arr: np.ndarray, chunks=(1, 63, 100, 7, 129), **kw) -> None:
+    kw = {"nodata": 255, "colormap": COLOURS, "class_names": NAMES, "block": 64} | kw
+    with StreamingGeoTIFF(path, GRID, count=arr.shape[0], dtype=arr.dtype, **kw) as w:
+        row = 0
+        for n in chunks:
+            w.write_rows(row, arr[:, row : row + n])
+            row += n
+
+
+def test_class_dtype() -> None:
+    assert class_dtype(6) == "uint8"
+    assert class_dtype(255) == "uint8"
+    assert class_dtype(256) == "uint16"
+    with pytest.raises(ValueError):
+        class_dtype(0)
+
+
+def test_uneven_chunks_round_trip_with_metadata(tmp_path: Path) -> None:
+    arr = _classes()
+    out = tmp_path / "pred.tif"
+    _write(out, arr)
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.tif"]
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(), arr)
+        assert src.crs == CRS.from_epsg(32632)
+        assert src.transform == TRANSFORM
+        assert src.nodata == 255
+        assert src.profile["tiled"] and src.block_shapes[0] == (64, 64)
+        assert src.compression.name.lower() == "deflate"
+        cmap = src.colormap(1)
+        assert all(cmap[k] == v for k, v in COLOURS.items())
+        assert src.descriptions == ("class",)
+        assert json.loads(src.tags()["CLASS_NAMES"]) == NAMES
+
+
+def test_profile_and_multiband_descriptions(tmp_path: Path) -> None:
+    probs = np.random.default_rng(1).random((2, 300, 517), dtype=np.float32)
+    profile = {"crs": "EPSG:32632", "transform": TRANSFORM, "width": 517, "height": 300}
+    out = tmp_path / "probs.tif"
+    with StreamingGeoTIFF(out, profile, 2, "float32", band_descriptions=["p_a", "p_b"]) as w:
+        w.write_rows(0, probs[:, :150])
+        w.write_rows(150, probs[:, 150:])
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(), probs)
+        assert src.descriptions == ("p_a", "p_b")
+
+
+def test_exception_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "pred.tif"
+    with pytest.raises(RuntimeError, match="boom"), StreamingGeoTIFF(out, GRID, 1, "uint8") as w:
+        w.write_rows(0, np.zeros((1, 100, 517), np.uint8))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_incomplete_or_out_of_order_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "pred.tif"
+    with pytest.raises(ValueError, match="in order"), StreamingGeoTIFF(out, GRID, 1, "uint8") as w:
+        w.write_rows(10, np.zeros((1, 5, 517), np.uint8))
+    with (
+        pytest.raises(ValueError, match="rows were written"),
+        StreamingGeoTIFF(out, GRID, 1, "uint8") as w,
+    ):
+        w.write_rows(0, np.zeros((1, 299, 517), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_colormap_needs_uint8_single_band(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="colour table"):
+        StreamingGeoTIFF(tmp_path / "x.tif", GRID, 1, "uint16", colormap=COLOURS)
+
+
+@pytest.mark.parametrize("method", ["cog", "copy_overviews"])
+def test_to_cog(tmp_path: Path, method: str) -> None:
+    arr = _classes(2)
+    src_path, cog = tmp_path / "pred.tif", tmp_path / "pred_cog.tif"
+    _write(src_path, arr)
+    to_cog(src_path, cog, blocksize=128, method=method)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.tif", "pred_cog.tif"]
+    with rasterio.open(cog) as src:
+        np.testing.assert_array_equal(src.read(), arr)
+        assert src.profile["tiled"] and src.block_shapes[0] == (128, 128)
+        assert src.overviews(1) == [2, 4, 8]  # until 517 px fits one 128 px tile
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"  # GDAL >= 3.1
+        assert src.crs == CRS.from_epsg(32632) and src.transform == TRANSFORM
+        assert src.nodata == 255
+        assert src.colormap(1)[5] == COLOURS[5]
+        assert json.loads(src.tags()["CLASS_NAMES"]) == NAMES
+        # classes: nearest overviews hold only real class ids
+        assert set(np.unique(src.read(1, out_shape=(75, 130)))) <= {*range(6), 255}
+
+
+def test_to_cog_averages_probabilities(tmp_path: Path) -> None:
+    probs = np.zeros((1, 300, 517), np.float32)
+    probs[:, :, 1::2] = 1.0  # alternate columns: a 2x average overview is 0.5 everywhere
+    src_path, cog = tmp_path / "p.tif", tmp_path / "p_cog.tif"
+    with StreamingGeoTIFF(src_path, GRID, 1, "float32", block=64) as w:
+        w.write_rows(0, probs)
+    to_cog(src_path, cog, blocksize=128)
+    with rasterio.open(cog) as src:
+        np.testing.assert_array_equal(src.read(), probs)
+        assert src.overviews(1)[0] == 2
+        overview = src.read(1, out_shape=(150, 259))
+        np.testing.assert_allclose(overview, 0.5, atol=0.01)  # nearest gives 0 or 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from rsfusion.inference.predict import PredictionError, PredictOptions, load_predictor, predict_pair
@@ -34,8 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary files are removed and no
+    # output is left under its final name; rerunning completes the job.
+    signal.signal(signal.SIGTERM, _terminate)
     os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
     options = PredictOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
@@ -48,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was left under a final name; rerun to complete", file=sys.stderr)
+        return 130
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

@@ -10,7 +10,6 @@ tiled GeoTIFFs under temporary names and renamed when complete.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +174,7 @@ def predict_pair(
             writers = {
                 name: stack.enter_context(
                     StreamingGeoTIFF(
-                        out_dir / f"{stem}_{name}.tif", profile, count, dt, nodata=nd,
+                        _staging(out_dir, stem, name, opts.cog), profile, count, dt, nodata=nd,
                         colormap=(
                             {i: tuple(c) for i, c in enumerate(palette)} if name == "classes"
                             else None
@@ -201,13 +200,13 @@ def predict_pair(
                 next_row = _next_row(wins, batch[-1])
                 _write_rows(acc.flush(min(next_row, h)), writers, src, nodata)
             _write_rows(acc.finish(), writers, src, nodata)
-        for name in outputs:
-            written[name] = out_dir / f"{stem}_{name}.tif"
-    if opts.cog:
-        for path in written.values():  # tiled GeoTIFF first, then COG (bounded memory)
-            cog = path.with_name(f".{path.stem}.cog.tif")
-            to_cog(path, cog)
-            os.replace(cog, path)
+    for name in outputs:
+        final = out_dir / f"{stem}_{name}.tif"
+        if opts.cog:  # tiled GeoTIFF first (bounded memory), then COG under the final name
+            staged = _staging(out_dir, stem, name, True)
+            to_cog(staged, final)
+            staged.unlink()
+        written[name] = final
     if opts.vector:
         from rsfusion.inference.vectorize import vectorize_classes
 
@@ -216,6 +215,11 @@ def predict_pair(
             simplify=opts.simplify, nodata=nodata,
         )  # fmt: skip
     return written
+
+
+def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:
+    """Where an output is streamed: its final name, or a hidden one when a COG follows."""
+    return out_dir / (f".{stem}_{name}.tiled.tif" if cog else f"{stem}_{name}.tif")
 
 
 def _next_row(wins: list[Window], last: Window) -> int:

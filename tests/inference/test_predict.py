@@ -105,3 +105,89 @@ def test_wrong_band_count_is_refused(ckpt, vaihingen_root, tmp_path, capsys):
     args = ["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(rgb), "--out", str(tmp_path)]
     assert predict_main(args) == 2
     assert "has 3 bands, the checkpoint expects ['elevation']" in capsys.readouterr().err
+
+
+def test_nodata_and_geopackage_in_the_input_crs(ckpt, vaihingen_root, tmp_path):
+    import geopandas as gpd
+
+    rgb, x = _pair(vaihingen_root)
+    src_rgb = tmp_path / "ortho.tif"
+    with rasterio.open(rgb) as a:
+        profile, data = a.profile, a.read()
+    data[:, :5, :7] = 0
+    profile["nodata"] = 0
+    with rasterio.open(src_rgb, "w", **profile) as dst:
+        dst.write(data)
+    args = ["--ckpt", str(ckpt), "--rgb", str(src_rgb), "--x", str(x), "--out", str(tmp_path),
+            "--vector"]  # fmt: skip
+    assert predict_main(args) == 0
+    with rasterio.open(tmp_path / "ortho_classes.tif") as out:
+        assert out.nodata == 255
+        classes = out.read(1)
+        crs = out.crs
+    assert (classes[:5, :7] == 255).all() and (classes[5:, 7:] < 6).all()
+    polygons = gpd.read_file(tmp_path / "ortho.gpkg")
+    assert polygons.crs == crs and set(polygons.columns) >= {"class_id", "class_name", "area"}
+    assert set(polygons.class_id) <= set(range(6)) and (polygons.area > 0).all()
+
+
+def test_world_file_and_non_epsg_crs_inputs(ckpt, vaihingen_root, tmp_path):
+    # area 3 carries only world files (no CRS): the output keeps the world file's transform
+    rgb = vaihingen_root / "top" / "top_mosaic_09cm_area3.tif"
+    x = vaihingen_root / "dsm" / "dsm_09cm_matching_area3.tif"
+    assert predict_main(["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(x), "--out",
+                         str(tmp_path / "wf")]) == 0  # fmt: skip
+    with rasterio.open(rgb) as a, rasterio.open(tmp_path / "wf" / f"{rgb.stem}_classes.tif") as b:
+        assert b.transform == a.transform and a.crs is None
+    # a custom projection with no EPSG code
+    wkt = ('PROJCS["local lcc",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,'
+           '298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+           'PROJECTION["Lambert_Conformal_Conic_2SP"],PARAMETER["standard_parallel_1",48.1],'
+           'PARAMETER["standard_parallel_2",49.3],PARAMETER["latitude_of_origin",48.7],'
+           'PARAMETER["central_meridian",9.1],PARAMETER["false_easting",1000],'
+           'PARAMETER["false_northing",2000],UNIT["metre",1]]')  # fmt: skip
+    rgb2, x2 = _pair(vaihingen_root)
+    pair = []
+    for path in (rgb2, x2):
+        dst_path = tmp_path / path.name
+        shutil.copy(path, dst_path)
+        with rasterio.open(dst_path, "r+") as dst:
+            dst.crs = rasterio.crs.CRS.from_wkt(wkt)
+        pair.append(dst_path)
+    assert rasterio.crs.CRS.from_wkt(wkt).to_epsg() is None
+    assert predict_main(["--ckpt", str(ckpt), "--rgb", str(pair[0]), "--x", str(pair[1]),
+                         "--out", str(tmp_path / "lcc")]) == 0  # fmt: skip
+    with rasterio.open(tmp_path / "lcc" / f"{rgb2.stem}_classes.tif") as b:
+        assert b.crs == rasterio.crs.CRS.from_wkt(wkt)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_interrupted_run_leaves_nothing_under_a_final_name(ckpt, tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rsfusion.data.demo import make_demo_scene
+
+    root = make_demo_scene(tmp_path / "scene", areas=[2], size=384)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rsfusion.cli.predict", "--ckpt", str(ckpt), "--rgb",
+           str(root / "top" / "top_mosaic_09cm_area2.tif"), "--x",
+           str(root / "dsm" / "dsm_09cm_matching_area2.tif"), "--out", str(out),
+           "--window", "32", "--overlap", "8", "--batch-size", "1", "--probs"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".*partial")):
+        time.sleep(0.1)
+    assert proc.poll() is None, "prediction finished before it could be interrupted"
+    proc.send_signal(getattr(signal, signum))
+    assert proc.wait(timeout=120) == 130
+    assert "rerun to complete" in proc.stderr.read()
+    assert not list(out.glob("*.tif")) and not list(out.glob(".*"))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "top_mosaic_09cm_area2_classes.tif",
+        "top_mosaic_09cm_area2_probs.tif",
+    ]

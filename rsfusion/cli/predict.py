@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was left under a final name; rerun to complete", file=sys.stderr)
+        print(
+            "interrupted: nothing was left under a final name; rerun to complete", file=sys.stderr
+        )
         return 130
     for name, path in written.items():
         print(f"{name}: {path}")

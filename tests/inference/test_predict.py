@@ -60,6 +60,9 @@ def test_outputs_land_on_the_input_grid_with_colours_and_names(ckpt, vaihingen_r
         assert b.colormap(1)[1][:3] == (0, 0, 255) and "building" in b.tags()["CLASS_NAMES"]
         assert b.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert classes.max() < 6
+    for name in ("probs", "confidence"):  # every output on the input's grid
+        with rasterio.open(rgb) as a, rasterio.open(tmp_path / f"{rgb.stem}_{name}.tif") as b:
+            assert (b.crs, b.transform, b.shape) == (a.crs, a.transform, a.shape)
     with rasterio.open(tmp_path / f"{rgb.stem}_probs.tif") as p:
         probs = p.read().astype(int)
     assert probs.shape[0] == 6 and np.all(np.abs(probs.sum(0) - 255) <= 6)

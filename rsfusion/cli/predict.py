@@ -1,7 +1,10 @@
-"""``python scripts/predict.py --ckpt CKPT --rgb PATH [--x PATH] --out DIR [options]``.
+"""``python scripts/predict.py --ckpt CKPT --rgb PATH|DIR [--x PATH|DIR] --out DIR [options]``.
 
 Writes ``<stem>_classes.tif`` (colour table and class names), optionally ``<stem>_probs.tif``,
 ``<stem>_confidence.tif`` and ``<stem>.gpkg``, on the RGB raster's grid, CRS and transform.
+With folders (or ``--pairs CSV``) every pair is predicted in turn; pairs whose outputs are all
+complete are skipped, so a rerun resumes. Under ``torchrun --nproc-per-node N`` each rank takes
+its share of the pairs (on its own GPU when there are GPUs) and writes its own files.
 """
 
 from __future__ import annotations
@@ -10,19 +13,32 @@ import argparse
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
+from rsfusion.inference.folder import (
+    Pair,
+    PairingError,
+    outputs_done,
+    pair_folders,
+    read_pairs_csv,
+    remove_stale_partials,
+    shard,
+)
 from rsfusion.inference.predict import PredictionError, PredictOptions, load_predictor, predict_pair
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rsfusion-predict", description=__doc__)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    p.add_argument("--rgb", required=True, help="orthophoto (GeoTIFF or any GDAL raster)")
-    p.add_argument("--x", help="X raster (DSM / nDSM) of the same scene")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--rgb", help="orthophoto (GeoTIFF or any GDAL raster), or a folder of them")
+    src.add_argument("--pairs", help="CSV with columns rgb,x (paths relative to the CSV)")
+    p.add_argument("--x", help="X raster (DSM / nDSM) of the same scene, or a folder of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--window", type=int, help="window size (default: the training window)")
     p.add_argument("--overlap", type=int, help="overlap in pixels (default: window / 4)")
-    p.add_argument("--blend", choices=("cosine", "linear", "none"), default="cosine")
+    p.add_argument("--blend", choices=("cosine", "linear", "none", "sum"), default="cosine")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     p.add_argument("--confidence", action="store_true", help="also write max probability")
@@ -32,11 +48,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance")
     p.add_argument("--align", action="store_true", help="resample X onto the RGB grid")
     p.add_argument("--memory-mb", type=int, default=64, help="GDAL block cache (GDAL_CACHEMAX)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+        help="autocast precision (auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32)",
+    )  # fmt: skip
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--readers", type=int, default=2, help="background reader threads (0: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--redo", action="store_true", help="predict pairs whose outputs exist too")
     return p
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def collect_pairs(args: argparse.Namespace, meta: dict) -> list[Pair]:
+    """The pairs named on the command line: one file pair, two folders or a CSV."""
+    if args.pairs:
+        return read_pairs_csv(Path(args.pairs))
+    rgb, x = Path(args.rgb), Path(args.x) if args.x else None
+    if rgb.is_dir():
+        if x is not None and not x.is_dir():
+            raise PairingError(f"--rgb {rgb} is a folder, so --x must be one too (got {x})")
+        return pair_folders(rgb, x, meta.get("card"), meta.get("rgb_modality", "rgb"),
+                            meta.get("x_modality"))  # fmt: skip
+    if not rgb.is_file():
+        raise FileNotFoundError(f"--rgb {rgb}: no such file or folder")
+    if x is not None and not x.is_file():
+        raise FileNotFoundError(f"--x {x}: no such file")
+    return [Pair(rgb, x)]
+
+
+def _names(options: PredictOptions) -> list[str]:
+    names = ["{stem}_classes.tif"]
+    names += ["{stem}_probs.tif"] if options.probs else []
+    names += ["{stem}_confidence.tif"] if options.confidence else []
+    names += ["{stem}.gpkg"] if options.vector else []
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,15 +95,36 @@ def main(argv: list[str] | None = None) -> int:
     # output is left under its final name; rerunning completes the job.
     signal.signal(signal.SIGTERM, _terminate)
     os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     options = PredictOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
         probs=args.probs, confidence=args.confidence, cog=args.cog, vector=args.vector,
-        align=args.align, min_area=args.min_area, simplify=args.simplify,
+        align=args.align, min_area=args.min_area, simplify=args.simplify, device=args.device,
+        precision=args.precision, flip=args.flip, readers=args.readers,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        progress_position=int(os.environ.get("LOCAL_RANK", "0")),
     )  # fmt: skip
+    out = Path(args.out)
+    tag = f"rank {rank}/{world}: " if world > 1 else ""
     try:
         model, meta = load_predictor(args.ckpt)
-        written = predict_pair(model, meta, args.rgb, args.x, args.out, options)
-    except (PredictionError, FileNotFoundError) as err:
+        runner = options.runner(model)
+        mine = shard(collect_pairs(args, meta), rank, world)
+        print(f"{tag}{len(mine)} pair(s), {runner.describe()}", file=sys.stderr)
+        for pair in mine:
+            stem = pair.rgb.stem
+            if not args.redo and outputs_done(out, stem, _names(options)):
+                print(f"{tag}{stem}: outputs complete, skipped", file=sys.stderr)
+                continue
+            if out.is_dir():
+                remove_stale_partials(out, stem)
+            start = time.perf_counter()
+            written = predict_pair(runner, meta, pair.rgb, pair.x, out, options)
+            seconds = time.perf_counter() - start
+            for name, path in written.items():
+                print(f"{name}: {path}")
+            print(f"{tag}{stem}: {seconds:.1f} s", file=sys.stderr)
+    except (PredictionError, PairingError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -61,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted: nothing was left under a final name; rerun to complete", file=sys.stderr
         )
         return 130
-    for name, path in written.items():
-        print(f"{name}: {path}")
     return 0
 
 

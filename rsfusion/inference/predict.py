@@ -2,9 +2,12 @@
 
 Everything the model needs comes from the checkpoint's ``rsfusion`` metadata (bands, RGB and X
 normalisation, classes, palette, window, model spec, frozen-backbone hash). Windows are read
-with rasterio windowed reads, batched, and their logits blended with a smooth weight map into a
-row-band accumulator whose memory does not grow with the raster; completed rows are written to
-tiled GeoTIFFs under temporary names and renamed when complete.
+with rasterio windowed reads by background threads (:mod:`rsfusion.inference.reader`), batched
+to the model (:mod:`rsfusion.inference.runner`: bf16/fp16 autocast, channels_last, flip and
+multi-scale test-time augmentation), and their logits blended with a smooth weight map (or
+summed: ``blend="sum"``, the ISPRS protocol) into a row-band accumulator whose memory does not
+grow with the raster; completed rows are written to tiled GeoTIFFs under temporary names and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from rsfusion.data.normalise import XNorm
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.blending import edge_aware, weight_map
+from rsfusion.inference.reader import PairSpec, WindowReader
+from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.windows import batched, plan_windows
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
 from rsfusion.models.base import ModelSpec, build_model
@@ -48,6 +52,23 @@ class PredictOptions:
     align: bool = False
     min_area: float = 0.0
     simplify: float = 0.0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    drop: str | None = None
+    readers: int = 2
+    prefetch: int | None = None
+    progress: bool = False
+    progress_position: int = 0
+
+    def runner(self, model: torch.nn.Module) -> ModelRunner:
+        """The :class:`ModelRunner` these options describe."""
+        return ModelRunner(
+            model, device=self.device, precision=self.precision,  # type: ignore[arg-type]
+            channels_last=self.channels_last, flip=self.flip, scales=self.scales, drop=self.drop,
+        )  # fmt: skip
 
 
 def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -84,8 +105,14 @@ def _frozen(model: torch.nn.Module, key: str) -> bool:
 
 
 @contextlib.contextmanager
-def open_inputs(rgb: Path, x: Path | None, meta: dict[str, Any], align: bool) -> Iterator[tuple]:
-    """Open the pair, check bands and grids against the checkpoint; X warped with ``align``."""
+def open_inputs(
+    rgb: Path, x: Path | None, meta: dict[str, Any], align: bool
+) -> Iterator[tuple[Any, tuple | None]]:
+    """Open the RGB raster and check the pair against the checkpoint.
+
+    Yields the open RGB dataset and the grid X must be warped onto (``None`` when X already
+    shares the RGB grid or there is no X). A misaligned X is refused unless ``align``.
+    """
     with rasterio.open(rgb) as src:
         if src.count != len(meta["rgb_bands"]):
             raise PredictionError(
@@ -103,64 +130,64 @@ def open_inputs(rgb: Path, x: Path | None, meta: dict[str, Any], align: bool) ->
                     f"--x {x} has {xsrc.count} bands, the checkpoint expects {meta['x_bands']}"
                 )
             same = (xsrc.crs, xsrc.transform, xsrc.shape) == (src.crs, src.transform, src.shape)
-            if same:
-                yield src, xsrc
-            elif align:
-                with WarpedVRT(
-                    xsrc, crs=src.crs, transform=src.transform, width=src.width,
-                    height=src.height, resampling=rasterio.enums.Resampling.bilinear,
-                ) as vrt:  # fmt: skip
-                    yield src, vrt
-            else:
+            if not same and not align:
                 raise PredictionError(
                     f"--x {x} is not on the grid of --rgb {rgb}: CRS {xsrc.crs} vs {src.crs}, "
                     f"size {xsrc.width}x{xsrc.height} vs {src.width}x{src.height}, transform "
                     f"{tuple(xsrc.transform)[:6]} vs {tuple(src.transform)[:6]}. Pass --align "
                     "to resample X onto the RGB grid."
                 )
+        yield src, None if same else (src.crs, src.transform, src.width, src.height)
 
 
-def _read(src: Any, win: Window, size: int, fill: float = 0.0) -> np.ndarray:
-    """A window as float32, nodata and outside pixels set to ``fill``, padded to ``size``.
-
-    As in training: RGB pads with pixel value 0 before normalisation; X reads nodata and
-    padding as NaN, which becomes 0 after normalisation.
-    """
-    inside = win.intersection(Window(0, 0, src.width, src.height))
-    data = src.read(window=inside, masked=True).astype(np.float32)
-    data = data.filled(fill) if np.ma.isMaskedArray(data) else data
-    out = np.full((data.shape[0], size, size), fill, dtype=np.float32)
-    r, c = int(inside.row_off - win.row_off), int(inside.col_off - win.col_off)
-    out[:, r : r + data.shape[1], c : c + data.shape[2]] = data
-    return out
+def pair_spec(
+    meta: dict[str, Any], rgb: Path, x: Path | None, x_grid: tuple | None = None
+) -> PairSpec:
+    """The pair's normalisation as in training (RGB mean/std, X affine of its raster)."""
+    norm = meta["rgb_norm"]
+    offset, scale = XNorm(**meta["x_norm"]).affine(str(x)) if x is not None else (0.0, 1.0)
+    return PairSpec(
+        rgb=rgb, x=x, x_grid=x_grid,
+        rgb_mean=np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1),
+        rgb_std=np.asarray(norm["std"], np.float32).reshape(-1, 1, 1),
+        x_offset=float(offset), x_scale=float(scale),
+    )  # fmt: skip
 
 
 def predict_pair(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ModelRunner,
     meta: dict[str, Any],
     rgb: str | Path,
     x: str | Path | None,
     out_dir: str | Path,
     options: PredictOptions | None = None,
 ) -> dict[str, Path]:
-    """Predict one raster pair; returns the paths written (classes, probs, confidence, ...)."""
+    """Predict one raster pair; returns the paths written (classes, probs, confidence, ...).
+
+    ``model`` is a model (wrapped in the runner ``options`` describe) or a ready
+    :class:`ModelRunner` (folder runs reuse one).
+    """
     opts = options or PredictOptions()
+    runner = model if isinstance(model, ModelRunner) else opts.runner(model)
     rgb, out_dir = Path(rgb), Path(out_dir)
+    x = Path(x) if x else None
     out_dir.mkdir(parents=True, exist_ok=True)
     window = opts.window or int(meta["window"])
     overlap = window // 4 if opts.overlap is None else opts.overlap
+    if not 0 <= overlap < window:
+        raise PredictionError(f"--overlap {overlap} must lie in [0, window={window})")
     classes, palette = meta["classes"], meta["palette"]
     k = len(classes)
-    norm = meta["rgb_norm"]
-    mean = np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(norm["std"], np.float32).reshape(-1, 1, 1)
     stem = rgb.stem
     written: dict[str, Path] = {}
-    with open_inputs(rgb, Path(x) if x else None, meta, opts.align) as (src, xsrc):
+    with open_inputs(rgb, x, meta, opts.align) as (src, x_grid):
         h, w = src.height, src.width
-        x_affine = XNorm(**meta["x_norm"]).affine(str(x)) if xsrc is not None else None
         wins = plan_windows(h, w, window, window - overlap)
-        base_weights = weight_map(window, overlap, opts.blend)
+        batches = list(batched(wins, opts.batch_size))
+        reader = WindowReader(
+            pair_spec(meta, rgb, x, x_grid), batches, window, opts.readers, opts.prefetch
+        )
+        base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
         acc = RowBandAccumulator(h, w, k, window)
         dtype = class_dtype(k)
         nodata = 255 if dtype == "uint8" and k < 255 else 65535
@@ -185,20 +212,18 @@ def predict_pair(
                 )
                 for name, (count, dt, nd) in outputs.items()
             }  # fmt: skip
-            for batch in batched(wins, opts.batch_size):
-                rgb_b = np.stack([(_read(src, wn, window) - mean) / std for wn in batch])
-                x_t = None
-                if xsrc is not None:
-                    offset, scale = x_affine
-                    xs = [(_read(xsrc, wn, window, np.nan) - offset) / scale for wn in batch]
-                    x_t = torch.from_numpy(np.nan_to_num(np.stack(xs), nan=0.0).astype(np.float32))
-                with torch.no_grad():
-                    out = model(torch.from_numpy(rgb_b.astype(np.float32)), x_t)
-                logits = (out["out"] if isinstance(out, dict) else out).float().numpy()
+            bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
+            for batch, rgb_b, x_b in reader:
+                logits = runner(rgb_b, x_b)
                 for wn, lg in zip(batch, logits):
-                    acc.add(wn, lg, edge_aware(base_weights, wn, h, w))
+                    weights = (
+                        np.ones((window, window), np.float32) if base_weights is None
+                        else edge_aware(base_weights, wn, h, w)
+                    )  # fmt: skip
+                    acc.add(wn, lg, weights)
                 next_row = _next_row(wins, batch[-1])
                 _write_rows(acc.flush(min(next_row, h)), writers, src, nodata)
+                bar.update(len(batch) / len(wins) * h * w / 1e6)
             _write_rows(acc.finish(), writers, src, nodata)
     for name in outputs:
         final = out_dir / f"{stem}_{name}.tif"
@@ -215,6 +240,19 @@ def predict_pair(
             simplify=opts.simplify, nodata=nodata,
         )  # fmt: skip
     return written
+
+
+def _progress(opts: PredictOptions, stem: str, mpix: float, runner: ModelRunner) -> Any:
+    """A tqdm bar in MPix (its rate reads MPix/s), one line per rank; silent unless asked."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=round(mpix, 3), unit="MPix", desc=stem, position=opts.progress_position,
+        disable=not opts.progress, leave=True, dynamic_ncols=True,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MPix "
+        "[{elapsed}<{remaining}, {rate_fmt}]",
+        postfix=None,
+    )  # fmt: skip
 
 
 def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:

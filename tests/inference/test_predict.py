@@ -74,7 +74,9 @@ def test_outputs_land_on_the_input_grid_with_colours_and_names(ckpt, vaihingen_r
 def test_one_window_equals_a_direct_forward(ckpt, vaihingen_root, tmp_path):
     model, meta = load_predictor(ckpt)
     rgb, x = _pair(vaihingen_root)
-    written = predict_pair(model, meta, rgb, x, tmp_path, PredictOptions(window=64, overlap=0))
+    written = predict_pair(
+        model, meta, rgb, x, tmp_path, PredictOptions(window=64, overlap=0, precision="fp32")
+    )
     with rasterio.open(rgb) as a, rasterio.open(x) as b:
         img, dsm = a.read().astype(np.float32), b.read().astype(np.float32)
     mean = np.asarray(meta["rgb_norm"]["mean"], np.float32).reshape(-1, 1, 1)

@@ -1,0 +1,175 @@
+"""Background window reading for prediction: rasterio windowed reads in worker threads.
+
+GDAL releases the GIL while it reads and decompresses, so a few threads, each with its own
+dataset handles (GDAL handles must not be shared between threads), keep batches of normalised
+windows ready while the model runs on the previous ones. Batches come back in plan order and at
+most ``prefetch`` are in flight, so memory stays bounded whatever the raster size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """How to open an RGB (+ X) pair and turn windows into model inputs.
+
+    ``x_grid`` (crs, transform, width, height) warps X onto the RGB grid (``--align``);
+    ``None`` reads X as it is (it must already share the RGB grid).
+    """
+
+    rgb: Path
+    x: Path | None
+    rgb_mean: np.ndarray
+    rgb_std: np.ndarray
+    x_offset: float = 0.0
+    x_scale: float = 1.0
+    x_grid: tuple[Any, Any, int, int] | None = None
+
+
+@contextlib.contextmanager
+def open_pair(spec: PairSpec) -> Iterator[tuple[Any, Any]]:
+    """Open the pair's datasets (X warped onto the RGB grid when ``spec.x_grid`` is set)."""
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(rasterio.open(spec.rgb))
+        xsrc = None
+        if spec.x is not None:
+            xsrc = stack.enter_context(rasterio.open(spec.x))
+            if spec.x_grid is not None:
+                crs, transform, width, height = spec.x_grid
+                xsrc = stack.enter_context(
+                    WarpedVRT(
+                        xsrc, crs=crs, transform=transform, width=width, height=height,
+                        resampling=Resampling.bilinear,
+                    )
+                )  # fmt: skip
+        yield src, xsrc
+
+
+def read_window(src: Any, win: Window, size: int, fill: float = 0.0) -> np.ndarray:
+    """A window as float32 (bands, size, size); nodata and outside pixels set to ``fill``.
+
+    As in training: RGB pads with pixel value 0 before normalisation; X reads nodata and
+    padding as NaN, which becomes 0 after normalisation.
+    """
+    inside = win.intersection(Window(0, 0, src.width, src.height))
+    data = src.read(window=inside, masked=True).astype(np.float32)
+    data = data.filled(fill) if np.ma.isMaskedArray(data) else data
+    out = np.full((data.shape[0], size, size), fill, dtype=np.float32)
+    r, c = int(inside.row_off - win.row_off), int(inside.col_off - win.col_off)
+    out[:, r : r + data.shape[1], c : c + data.shape[2]] = data
+    return out
+
+
+def read_batch(
+    handles: tuple[Any, Any], spec: PairSpec, wins: Sequence[Window], size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalised RGB (B, C, size, size) and X (B, Cx, size, size) arrays of some windows."""
+    src, xsrc = handles
+    rgb = np.stack([(read_window(src, w, size) - spec.rgb_mean) / spec.rgb_std for w in wins])
+    if xsrc is None:
+        return rgb.astype(np.float32, copy=False), None
+    xs = np.stack(
+        [(read_window(xsrc, w, size, np.nan) - spec.x_offset) / spec.x_scale for w in wins]
+    )
+    return rgb.astype(np.float32, copy=False), np.nan_to_num(xs, nan=0.0).astype(np.float32)
+
+
+class WindowReader:
+    """Iterate over batches of normalised windows, read ahead by ``threads`` worker threads.
+
+    Each worker opens its own handles and closes them itself (rasterio keeps its GDAL
+    environment per thread). Batches are handed out in order and at most ``prefetch`` are read
+    ahead of the consumer; an error in a worker is raised in the consumer.
+
+    Args:
+        spec: the pair and its normalisation.
+        batches: window batches, in the order they are wanted.
+        size: window size (windows at the border are padded to it).
+        threads: worker threads; 0 reads in the calling thread (no read-ahead).
+        prefetch: batches in flight at most (default ``2 * threads``).
+
+    Yields:
+        ``(windows, rgb, x)`` per batch, in the order of ``batches``.
+    """
+
+    def __init__(
+        self,
+        spec: PairSpec,
+        batches: Sequence[Sequence[Window]],
+        size: int,
+        threads: int = 2,
+        prefetch: int | None = None,
+    ) -> None:
+        self.spec, self.batches, self.size = spec, list(batches), size
+        self.threads = max(0, threads)
+        self.prefetch = max(1, prefetch or 2 * self.threads)
+
+    def __iter__(self) -> Iterator[tuple[Sequence[Window], np.ndarray, np.ndarray | None]]:
+        if self.threads == 0:
+            with open_pair(self.spec) as handles:
+                for wins in self.batches:
+                    yield (wins, *read_batch(handles, self.spec, wins, self.size))
+            return
+        jobs: queue.Queue = queue.Queue()
+        results: dict[int, Any] = {}
+        ready = threading.Condition()
+
+        def work() -> None:
+            try:
+                with open_pair(self.spec) as handles:
+                    while (job := jobs.get()) is not None:
+                        i, wins = job
+                        try:
+                            out: Any = read_batch(handles, self.spec, wins, self.size)
+                        except BaseException as err:  # handed to the consumer
+                            out = err
+                        with ready:
+                            results[i] = out
+                            ready.notify_all()
+            except BaseException as err:  # opening failed
+                with ready:
+                    results[-1] = err
+                    ready.notify_all()
+
+        workers = [
+            threading.Thread(target=work, name=f"rsfusion-read-{n}", daemon=True)
+            for n in range(self.threads)
+        ]
+        for t in workers:
+            t.start()
+        submitted = 0
+        try:
+            for i, wins in enumerate(self.batches):
+                while submitted < min(len(self.batches), i + self.prefetch):
+                    jobs.put((submitted, self.batches[submitted]))
+                    submitted += 1
+                with ready:
+                    ready.wait_for(lambda i=i: i in results or -1 in results)
+                    out = results.pop(i) if i in results else results[-1]
+                if isinstance(out, BaseException):
+                    raise out
+                yield (wins, *out)
+        finally:
+            while True:  # drop what nobody will read, then stop the workers
+                try:
+                    jobs.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in workers:
+                jobs.put(None)
+            for t in workers:
+                t.join()

@@ -1,0 +1,142 @@
+"""The model side of prediction: device, precision, memory format and test-time augmentation.
+
+:class:`ModelRunner` turns batches of normalised windows (numpy) into float32 logits (numpy):
+optionally with one input zeroed (the missing-modality table), under bfloat16 / float16 autocast
+with channels_last where the hardware supports it, and with flip and multi-scale test-time
+augmentation (logits of every view resized back and summed, as in mmsegmentation's aug_test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 matrix units (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto': this rank's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """'auto': bf16 on GPUs that support it (else fp16) and on CPUs with AMX/AVX512-BF16."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ValueError("fp16 autocast is for GPUs; use --precision bf16 or fp32 on a CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+class ModelRunner:
+    """Run a segmentation model on numpy batches and return float32 numpy logits.
+
+    Args:
+        model: takes ``(rgb, x)`` tensors (x may be None) and returns logits or ``{"out": ...}``.
+        device: 'auto', 'cpu', 'cuda', 'cuda:1', ...
+        precision: 'auto', 'fp32', 'bf16' or 'fp16' (autocast; logits come back as float32).
+        channels_last: NHWC memory format (default: with bf16/fp16).
+        flip: add the horizontally flipped view (test-time augmentation).
+        scales: input scales; each view's logits are resized back to the window and summed.
+        drop: 'rgb' or 'x' zeroes that input after normalisation (as training's masking does).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "auto",
+        precision: Precision = "auto",
+        channels_last: bool | None = None,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        drop: str | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = (self.precision != "fp32") if channels_last is None else channels_last
+        self.flip, self.scales, self.drop = flip, tuple(scales), drop
+        if drop not in (None, "rgb", "x"):
+            raise ValueError(f"drop must be None, 'rgb' or 'x', got {drop!r}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive, got {self.scales}")
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def describe(self) -> str:
+        tta = f", flip={self.flip}, scales={list(self.scales)}" if self.augmented else ""
+        return f"{self.device} {self.precision} channels_last={self.channels_last}{tta}"
+
+    @property
+    def augmented(self) -> bool:
+        return self.flip or self.scales != (1.0,)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _tensor(self, array: np.ndarray | None) -> Tensor | None:
+        if array is None:
+            return None
+        t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    def _forward(self, rgb: Tensor, x: Tensor | None) -> Tensor:
+        out = self.model(rgb, x)
+        return (out["out"] if isinstance(out, dict) else out).float()
+
+    def logits(self, rgb: Tensor, x: Tensor | None) -> Tensor:
+        """Summed logits of every view (scales x flips) at the input size, float32."""
+        size = rgb.shape[-2:]
+        total: Tensor | None = None
+        for scale in self.scales:
+            r, s = rgb, x
+            if scale != 1.0:
+                new = [max(1, round(v * scale)) for v in size]
+                r = F.interpolate(rgb, size=new, mode="bilinear", align_corners=False)
+                s = None if x is None else F.interpolate(x, size=new, mode="bilinear")
+            for flipped in (False, True) if self.flip else (False,):
+                rr, ss = (r.flip(-1), None if s is None else s.flip(-1)) if flipped else (r, s)
+                out = self._forward(rr, ss)
+                out = out.flip(-1) if flipped else out
+                if out.shape[-2:] != size:
+                    out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+                total = out if total is None else total + out
+        assert total is not None
+        return total
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        """Logits (B, K, H, W) float32 for normalised inputs (B, C, H, W)."""
+        if self.drop == "rgb":
+            rgb = np.zeros_like(rgb)
+        if self.drop == "x" and x is not None:
+            x = np.zeros_like(x)
+        with self._autocast():
+            out = self.logits(self._tensor(rgb), self._tensor(x))
+        return out.cpu().numpy()

@@ -151,6 +151,10 @@ def build_backbone(spec: ModelSpec) -> Backbone:
     kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
     if spec.backbone.startswith("vit_"):
         backbone: Backbone = ViTBackbone(spec.backbone, **kwargs)
+    elif spec.backbone.startswith("swin"):
+        from rsfusion.models.backbones.swin import SwinBackbone
+
+        backbone = SwinBackbone(spec.backbone, **kwargs)
     else:
         from rsfusion.models.backbones.cnn import TimmCNNBackbone
 
@@ -179,12 +183,17 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
     if local and not Path(spec.weights).is_file():
         raise WeightsError(f"model.weights {spec.weights}: no such file")
     try:
-        if not hasattr(backbone, "vit"):
+        if spec.backbone.startswith("swin"):
+            from rsfusion.models.backbones.swin_weights import load_swin_weights
+
+            report = load_swin_weights(backbone, spec.weights)
+        elif not hasattr(backbone, "vit"):
             raise WeightsUnavailable(
                 f"loading '{spec.weights}' into CNN backbone {spec.backbone} is not supported: "
                 f"use model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0) or a ViT backbone"
             )
-        report = load_vit_weights(backbone.vit, spec.weights)
+        else:
+            report = load_vit_weights(backbone.vit, spec.weights)
     except WeightsUnavailable as err:
         if spec.weights_required:
             raise WeightsError(str(err)) from err

@@ -8,7 +8,7 @@ stage (output norm, tokens -> map) and enter the next (downsampling). ARCHITECTU
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -82,6 +82,24 @@ class Backbone(nn.Module, abc.ABC):
         """Run one block on one stream."""
         block = self.blocks(stage)[index]
         return StreamState(block(state.data), state.hw, state.prefix)
+
+    def run_block_adapted(
+        self,
+        stage: int,
+        index: int,
+        state: StreamState,
+        adapter: Callable[[Tensor], Tensor],
+    ) -> StreamState:
+        """Run one block with a parallel adapter (KTB MAPA adaptation, METHODS.md section 1).
+
+        ``t1 = t + attn_branch(t)``; ``out = t1 + ffn_branch(t1) + adapter(t1)``. The adapter
+        maps patch tokens (B, N, C) to a delta of the same shape (any scale is its own);
+        prefix tokens get no delta. A zero adapter gives exactly :meth:`run_block`.
+        """
+        raise NotImplementedError(
+            f"backbone {self.name} ({type(self).__name__}) cannot split its blocks into "
+            "attention and FFN sub-steps, so block adapters (run_block_adapted) are unavailable"
+        )
 
     @abc.abstractmethod
     def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:

@@ -8,7 +8,7 @@ taps at 1/patch resolution. Inputs are padded (right/bottom) to a multiple of th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import timm
 import torch.nn.functional as F
@@ -79,6 +79,26 @@ class ViTBackbone(Backbone):
     def blocks(self, stage: int) -> Sequence[nn.Module]:
         start, end = self._ranges[stage]
         return list(self.vit.blocks[start:end])
+
+    def run_block_adapted(
+        self,
+        stage: int,
+        index: int,
+        state: StreamState,
+        adapter: Callable[[Tensor], Tensor],
+    ) -> StreamState:
+        """timm ``Block`` split at the attention residual; the adapter sees patch tokens only."""
+        block = self.blocks(stage)[index]
+        parts = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+        if not all(hasattr(block, p) for p in parts):
+            raise NotImplementedError(
+                f"{self.name}: block type {type(block).__name__} is not a timm pre-norm Block"
+            )
+        t = state.data
+        t1 = t + block.drop_path1(block.ls1(block.attn(block.norm1(t))))
+        t2 = t1 + block.drop_path2(block.ls2(block.mlp(block.norm2(t1))))
+        out = StreamState(t2, state.hw, state.prefix)
+        return out.with_patches(out.patches() + adapter(t1[:, state.prefix :]))
 
     def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
         patches = self.vit.norm(state.data)[:, state.prefix :]

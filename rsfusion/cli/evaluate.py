@@ -1,9 +1,20 @@
-"""``python scripts/evaluate.py --ckpt CKPT --cfg NAME [--set ...] [--out DIR]``.
+"""``python scripts/evaluate.py --ckpt CKPT --cfg NAME [--set ...] --out DIR [--save-predictions]``.
 
-Scores a checkpoint on the config's test (or validation) tiles with full-coverage windows and
-the dataset's protocol (ISPRS: eroded labels, OA over all classes, mF1/mIoU without clutter),
-with both inputs, RGB only and X only (the absent input zeroed after normalisation, as the
-training masks do), and prints one table. DIR receives metrics.json and the per-mode reports.
+Scores a checkpoint on the config's full test tiles (same config handling as train.py) with the
+papers' protocols:
+
+* **remote sensing (ISPRS)**: each full tile predicted by sliding windows (window = the config's
+  ``data.window``, 256 in the paper configs; stride 32) with the logits of overlapping windows
+  summed, exactly the prediction path of ``predict.py --blend sum``; scored on the eroded labels:
+  OA over all classes, mF1 / mIoU over all but clutter (METHODS.md section 5).
+* **natural images**: whole images, optionally multi-scale + flip (``--scales 0.5 0.75 1 1.25
+  1.5 1.75 --flip``, KTB's protocol): logits of every view resized back and summed.
+
+Each input mode (both inputs, RGB only, X only: the absent input zeroed after normalisation) gets
+a per-class table, a confusion-matrix figure and a JSON report; the modes are summarised in one
+table. DIR receives ``metrics.json`` (OA, mF1, mIoU, per-class F1/IoU as fractions, per tile),
+``reports/``, prediction overlays ``overlays/<stem>.png`` and, with ``--save-predictions``, each
+test tile's ``<stem>_classes.tif`` exactly as ``predict.py`` writes it.
 """
 
 from __future__ import annotations
@@ -12,8 +23,12 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rsfusion.cli.train import (
     USER_ERRORS,
@@ -26,6 +41,7 @@ from rsfusion.config import load_config
 
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
 LABELS = {"both": "RGB + X", "rgb": "RGB only (X zeroed)", "x": "X only (RGB zeroed)"}
+TAGS = {"both": "", "rgb": "_rgb_only", "x": "_x_only"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--inputs", nargs="+", choices=tuple(MODES), default=None,
         help="input modes to score (default: both, rgb and x for RGB+X models)",
     )  # fmt: skip
+    parser.add_argument("--window", type=int, help="sliding window (default: data.window)")
+    parser.add_argument("--stride", type=int, default=32, help="sliding-window stride (32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="TTA scales")
+    parser.add_argument("--flip", action="store_true", help="horizontal-flip TTA")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+        help="autocast precision (default fp32: the reference numbers)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="write each test tile's <stem>_classes.tif into DIR")  # fmt: skip
+    parser.add_argument("--overlays", type=int, default=8,
+                        help="prediction overlay PNGs for the first N tiles (0: none)")  # fmt: skip
     return parser
 
 
@@ -76,33 +106,178 @@ def format_modality_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def read_labels(source: str, palette: list, ignore_index: int) -> np.ndarray:
+    """Class ids of a label raster: colour-coded through the palette, or single-band ids."""
+    import rasterio
+    import torch
+
+    from rsfusion.data.labels import PaletteDecoder
+
+    with rasterio.open(source) as src:
+        data = src.read()
+    if data.shape[0] == 1:
+        return data[0].astype(np.int64)
+    return PaletteDecoder(palette, ignore_index)(torch.from_numpy(data), source).numpy()
+
+
+def read_classes(path: Path) -> tuple[np.ndarray, int | None]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1).astype(np.int64), None if src.nodata is None else int(src.nodata)
+
+
+def score_tiles(
+    runner: Any,
+    meta: dict[str, Any],
+    tiles: list[Any],
+    label_kind: str,
+    options: Any,
+    dest: Path,
+    overlays: Path | None,
+    max_overlays: int,
+) -> tuple[Any, dict[str, Any]]:
+    """Predict every tile with ``runner`` into ``dest`` and sum the confusion on its labels."""
+    import torch
+
+    from rsfusion.inference.predict import predict_pair
+    from rsfusion.training.metrics import confusion_from_arrays, scores_from_confusion
+
+    k, ignore = len(meta["classes"]), int(meta["ignore_index"])
+    total = torch.zeros(k, k, dtype=torch.long)
+    per_tile: dict[str, Any] = {}
+    for n, tile in enumerate(tiles):
+        label = tile.label_for(label_kind)
+        if label is None:
+            raise FileNotFoundError(f"tile {tile.tile_id}: no {label_kind} label raster found")
+        stem = tile.rgb.path.stem
+        x_source = tile.x.source if tile.x is not None else None
+        written = predict_pair(runner, meta, tile.rgb.source, x_source, dest, options, stem=stem)
+        pred, nodata = read_classes(written["classes"])
+        target = read_labels(label.source, meta["palette"], ignore)
+        unpredicted = pred == nodata if nodata is not None else np.zeros_like(pred, bool)
+        target = np.where(unpredicted, ignore, target)
+        cm = confusion_from_arrays(np.where(unpredicted, 0, pred), target, k, ignore)
+        total += cm
+        s = scores_from_confusion(cm, _metric_classes(meta))
+        per_tile[str(tile.tile_id)] = {key: float(s[key]) for key in ("OA", "mF1", "mIoU")} | {
+            "unpredicted_pixels": int((unpredicted & (target != ignore)).sum())
+        }
+        if overlays is not None and n < max_overlays:
+            save_overlay(tile.rgb.source, pred, target, meta, overlays / f"{stem}.png")
+    return total, per_tile
+
+
+def _metric_classes(meta: dict[str, Any]) -> list[int]:
+    exclude = set(meta.get("metric_exclude", []))
+    if "metric_classes" in meta:
+        return list(meta["metric_classes"])
+    return [i for i, c in enumerate(meta["classes"]) if c not in exclude]
+
+
+def save_overlay(
+    rgb_source: str, pred: np.ndarray, target: np.ndarray, meta: dict[str, Any], path: Path
+) -> Path:
+    """PNG of three panels: the image, the prediction over it, and the errors (red) on it."""
+    import rasterio
+    from PIL import Image
+
+    with rasterio.open(rgb_source) as src:
+        step = max(1, int(np.ceil(max(src.width, src.height) / 800)))
+        out_shape = (min(src.count, 3), -(-src.height // step), -(-src.width // step))
+        img = src.read(list(range(1, out_shape[0] + 1)), out_shape=out_shape).astype(np.float32)
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, 0)
+    lo, hi = np.percentile(img, 1), np.percentile(img, 99)
+    img = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).transpose(1, 2, 0)
+    p, t = pred[::step, ::step], target[::step, ::step]
+    palette = np.asarray(meta["palette"] + [[0, 0, 0]] * 256, np.float32)
+    colours = palette[np.clip(p, 0, len(palette) - 1)]
+    over = 0.5 * img + 0.5 * colours
+    wrong = (p != t) & (t != int(meta["ignore_index"]))
+    errors = img * 0.4
+    errors[wrong] = [255, 0, 0]
+    panel = np.concatenate([img, over, errors], axis=1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    Image.fromarray(panel).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import lightning as L
 
-    from rsfusion.training.reports import scores_to_json
+    from rsfusion.data.tiles import find_tiles
+    from rsfusion.inference.predict import PredictOptions
+    from rsfusion.inference.runner import ModelRunner
+    from rsfusion.training.metrics import scores_from_confusion
+    from rsfusion.training.reports import (
+        format_class_table,
+        save_confusion_figure,
+        save_scores_json,
+        scores_to_json,
+    )
 
     cfg = load_config(args.cfg, args.set)
     L.seed_everything(cfg.seed, workers=True)
     dm, task = build_task(cfg)
-    load_trained(task, args.ckpt)
+    saved = load_trained(task, args.ckpt)
+    # normalisation exactly as trained (X statistics of the training rasters included)
+    meta = {**task.hparams.meta, **{k: saved[k] for k in ("rgb_norm", "x_norm") if k in saved}}
+    meta["metric_classes"] = list(task.hparams.metric_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     modes = args.inputs or (["both", "rgb", "x"] if cfg.data.x else ["both"])
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, default_root_dir=str(out),
+    card = dm.card
+    wanted = dm.tiles_of(args.split)
+    tiles, missing = find_tiles(
+        card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x, align_x=cfg.data.align_x
+    )
+    if not tiles:
+        raise FileNotFoundError(f"no {args.split} tile of {wanted} under {cfg.data.root}")
+    if missing:
+        warnings.warn(f"{args.split} tiles missing under {cfg.data.root}: {missing}", stacklevel=2)
+    window = args.window or cfg.data.window
+    if not 0 < args.stride <= window:
+        raise ValueError(f"--stride {args.stride} must lie in (0, window={window}]")
+    options = PredictOptions(
+        window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
+        readers=2,
     )  # fmt: skip
+    names = list(meta["classes"])
+    metric_classes = meta["metric_classes"]
     rows: dict[str, Any] = {}
-    for mode in modes:
-        task.drop = MODES[mode]
-        if args.split == "test":
-            trainer.test(task, datamodule=dm, verbose=False)
-        else:
-            trainer.validate(task, datamodule=dm, verbose=False)
-        rows[mode] = task.last_scores[args.split]
-    names = task.hparams.class_names
-    result = {mode: scores_to_json(s, names) for mode, s in rows.items()}
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".eval-", dir=out) as scratch:
+        for mode in modes:
+            runner = ModelRunner(
+                task.model, device=args.device, precision=args.precision, flip=args.flip,
+                scales=args.scales, drop=MODES[mode],
+            )  # fmt: skip
+            keep = args.save_predictions and mode == "both"
+            dest = out if keep else Path(scratch) / mode
+            overlays = out / "overlays" if mode == "both" and args.overlays > 0 else None
+            cm, per_tile = score_tiles(
+                runner, meta, tiles, cfg.data.eval_labels, options, dest, overlays, args.overlays
+            )
+            scores = scores_from_confusion(cm, metric_classes)
+            rows[mode] = scores
+            tag = f"{args.split}{TAGS[mode]}"
+            save_scores_json(scores, names, out / "reports" / f"{tag}_scores.json")
+            save_confusion_figure(cm, names, out / "reports" / f"{tag}_confusion.png",
+                                  title=f"{card.name} {args.split}: {LABELS[mode]}")  # fmt: skip
+            result[mode] = scores_to_json(scores, names) | {
+                "per_tile": per_tile,
+                "confusion": cm.tolist(),
+            }
+            print(f"\n{LABELS[mode]}\n{format_class_table(scores, names, metric_classes)}")
+    protocol = {
+        "split": args.split, "tiles": [t.tile_id for t in tiles], "labels": cfg.data.eval_labels,
+        "window": window, "stride": args.stride, "logits": "summed", "scales": args.scales,
+        "flip": args.flip, "precision": runner.precision, "metric_classes": metric_classes,
+    }  # fmt: skip
+    result = {**result, "protocol": protocol}
     tmp = out / ".metrics.json.partial"
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, out / "metrics.json")

@@ -106,7 +106,7 @@ def _frozen(model: torch.nn.Module, key: str) -> bool:
 
 @contextlib.contextmanager
 def open_inputs(
-    rgb: Path, x: Path | None, meta: dict[str, Any], align: bool
+    rgb: str | Path, x: str | Path | None, meta: dict[str, Any], align: bool
 ) -> Iterator[tuple[Any, tuple | None]]:
     """Open the RGB raster and check the pair against the checkpoint.
 
@@ -141,7 +141,7 @@ def open_inputs(
 
 
 def pair_spec(
-    meta: dict[str, Any], rgb: Path, x: Path | None, x_grid: tuple | None = None
+    meta: dict[str, Any], rgb: str | Path, x: str | Path | None, x_grid: tuple | None = None
 ) -> PairSpec:
     """The pair's normalisation as in training (RGB mean/std, X affine of its raster)."""
     norm = meta["rgb_norm"]
@@ -161,16 +161,19 @@ def predict_pair(
     x: str | Path | None,
     out_dir: str | Path,
     options: PredictOptions | None = None,
+    stem: str | None = None,
 ) -> dict[str, Path]:
     """Predict one raster pair; returns the paths written (classes, probs, confidence, ...).
 
     ``model`` is a model (wrapped in the runner ``options`` describe) or a ready
-    :class:`ModelRunner` (folder runs reuse one).
+    :class:`ModelRunner` (folder runs reuse one). ``rgb`` and ``x`` are paths or GDAL dataset
+    strings (``vrt://...``); outputs are named ``<stem>_classes.tif`` etc. (default stem: the
+    RGB file's).
     """
     opts = options or PredictOptions()
     runner = model if isinstance(model, ModelRunner) else opts.runner(model)
-    rgb, out_dir = Path(rgb), Path(out_dir)
-    x = Path(x) if x else None
+    out_dir = Path(out_dir)
+    stem = stem or Path(str(rgb).split("?")[0]).stem
     out_dir.mkdir(parents=True, exist_ok=True)
     window = opts.window or int(meta["window"])
     overlap = window // 4 if opts.overlap is None else opts.overlap
@@ -178,7 +181,6 @@ def predict_pair(
         raise PredictionError(f"--overlap {overlap} must lie in [0, window={window})")
     classes, palette = meta["classes"], meta["palette"]
     k = len(classes)
-    stem = rgb.stem
     written: dict[str, Path] = {}
     with open_inputs(rgb, x, meta, opts.align) as (src, x_grid):
         h, w = src.height, src.width

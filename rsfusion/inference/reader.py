@@ -31,8 +31,8 @@ class PairSpec:
     ``None`` reads X as it is (it must already share the RGB grid).
     """
 
-    rgb: Path
-    x: Path | None
+    rgb: str | Path
+    x: str | Path | None
     rgb_mean: np.ndarray
     rgb_std: np.ndarray
     x_offset: float = 0.0

@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,7 +35,8 @@ def _evaluate(ckpt, out, root, *extra):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return evaluate_main(["--ckpt", str(ckpt), "--cfg", "demo_baseline", "--out", str(out),
-                              "--set", f"data.root={root}", *TINY, *MOBANET, *extra])  # fmt: skip
+                              "--stride", "14", "--set", f"data.root={root}", *TINY, *MOBANET,
+                              *extra])  # fmt: skip
 
 
 def test_missing_modality_table(trained, tmp_path, vaihingen_root, capsys):
@@ -42,7 +44,9 @@ def test_missing_modality_table(trained, tmp_path, vaihingen_root, capsys):
     table = capsys.readouterr().out
     assert "RGB + X" in table and "RGB only (X zeroed)" in table and "X only (RGB zeroed)" in table
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    protocol = metrics.pop("protocol")
     assert set(metrics) == {"both", "rgb", "x"}
+    assert protocol["window"] == 28 and protocol["stride"] == 14 and protocol["logits"] == "summed"
     assert all(0.0 <= m["mIoU"] <= 1.0 for m in metrics.values())
     support = {m: [c["Support"] for c in v["per_class"].values()] for m, v in metrics.items()}
     assert support["both"] == support["rgb"] == support["x"] and sum(support["both"]) > 0
@@ -60,3 +64,92 @@ def test_a_different_frozen_backbone_is_refused(trained, tmp_path, vaihingen_roo
     code = _evaluate(trained, tmp_path / "e2", vaihingen_root, "seed=7")  # other random init
     assert code == 2
     assert "frozen backbone with sha256" in capsys.readouterr().err
+
+
+def _numpy_protocol(ckpt, root, tiles, window, stride):
+    """ISPRS protocol written independently: numpy windows, summed logits, eroded labels."""
+    import rasterio
+
+    from rsfusion.inference.predict import load_predictor
+
+    model, meta = load_predictor(ckpt)
+    mean = np.asarray(meta["rgb_norm"]["mean"], np.float64).reshape(-1, 1, 1)
+    std = np.asarray(meta["rgb_norm"]["std"], np.float64).reshape(-1, 1, 1)
+    palette = np.asarray(meta["palette"])
+    k = len(palette)
+    cm = np.zeros((k, k), np.int64)
+
+    def offsets(size):
+        starts = list(range(0, size - window + 1, stride))
+        return starts if starts[-1] == size - window else [*starts, size - window]
+
+    for area in tiles:
+        with rasterio.open(root / "top" / f"top_mosaic_09cm_area{area}.tif") as f:
+            rgb = (f.read().astype(np.float64) - mean) / std
+        with rasterio.open(root / "dsm" / f"dsm_09cm_matching_area{area}.tif") as f:
+            dsm = f.read().astype(np.float64)
+        dsm = (dsm - dsm.min()) / (dsm.max() - dsm.min())
+        with rasterio.open(root / f"top_mosaic_09cm_area{area}_noBoundary.tif") as f:
+            colours = f.read().transpose(1, 2, 0)
+        target = np.full(colours.shape[:2], 255)
+        for i, c in enumerate(palette):
+            target[(colours == c).all(-1)] = i
+        h, w = target.shape
+        total = np.zeros((k, h, w))
+        for r in offsets(h):
+            for c in offsets(w):
+                a = torch.from_numpy(rgb[None, :, r : r + window, c : c + window]).float()
+                b = torch.from_numpy(dsm[None, :, r : r + window, c : c + window]).float()
+                with torch.no_grad():
+                    total[:, r : r + window, c : c + window] += model(a, b)[0].double().numpy()
+        pred = total.argmax(0)
+        keep = target != 255
+        cm += np.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+    tp, gt, pr = np.diag(cm), cm.sum(1), cm.sum(0)
+    five = [i for i in range(k) if meta["classes"][i] != "clutter"]
+    present = [i for i in five if gt[i] + pr[i] > 0]
+    iou = tp / np.maximum(gt + pr - tp, 1)
+    f1 = 2 * tp / np.maximum(gt + pr, 1)
+    return {
+        "OA": tp.sum() / cm.sum(),
+        "mIoU": iou[present].mean(),
+        "mF1": f1[present].mean(),
+        "cm": cm,
+    }
+
+
+@pytest.fixture(scope="module")
+def diverse(trained, tmp_path_factory):
+    """The trained checkpoint with its trainable tensors jittered: 4 steps predict one class
+    everywhere, and the protocol check needs a prediction with several classes."""
+    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point() and "running" not in key:
+            value.add_(0.5 * torch.randn(value.shape, generator=gen))
+    path = tmp_path_factory.mktemp("diverse") / "jittered.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_isprs_numbers_equal_an_independent_numpy_computation(diverse, tmp_path, vaihingen_root):
+    trained, out = diverse, tmp_path / "eval"
+    assert _evaluate(trained, out, vaihingen_root, "--inputs", "both", "--save-predictions") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = _numpy_protocol(trained, vaihingen_root, (2, 4), window=28, stride=14)
+    assert np.array_equal(np.asarray(metrics["both"]["confusion"]), expected["cm"])
+    for key in ("OA", "mIoU", "mF1"):
+        assert metrics["both"][key] == pytest.approx(expected[key], abs=1e-12)
+    assert 0 < expected["OA"] < 1 and (expected["cm"].sum(0) > 0).sum() >= 3  # several classes
+    # the saved predictions are predict.py's files: on the tile's grid, with the colour table
+    import rasterio
+
+    for area in (2, 4):
+        with (
+            rasterio.open(out / f"top_mosaic_09cm_area{area}_classes.tif") as p,
+            rasterio.open(vaihingen_root / "top" / f"top_mosaic_09cm_area{area}.tif") as t,
+        ):
+            assert (p.crs, p.transform, p.shape) == (t.crs, t.transform, t.shape)
+            assert p.colormap(1)[0][:3] == (255, 255, 255)
+    assert (out / "overlays" / "top_mosaic_09cm_area2.png").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left

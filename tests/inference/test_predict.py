@@ -196,3 +196,57 @@ def test_interrupted_run_leaves_nothing_under_a_final_name(ckpt, tmp_path, signu
         "top_mosaic_09cm_area2_classes.tif",
         "top_mosaic_09cm_area2_probs.tif",
     ]
+
+
+def _folders(root, tmp_path, areas=(2, 4)):
+    rgb, x = tmp_path / "top", tmp_path / "dsm"
+    rgb.mkdir()
+    x.mkdir()
+    for a in areas:
+        shutil.copy(root / "top" / f"top_mosaic_09cm_area{a}.tif", rgb)
+        shutil.copy(root / "dsm" / f"dsm_09cm_matching_area{a}.tif", x)
+    return rgb, x
+
+
+def test_folder_run_resumes_and_shards(ckpt, vaihingen_root, tmp_path, capsys, monkeypatch):
+    rgb, x = _folders(vaihingen_root, tmp_path)
+    out = tmp_path / "out"
+    args = ["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(x), "--out", str(out),
+            "--window", "32", "--readers", "2"]  # fmt: skip
+    assert predict_main(args) == 0
+    done = sorted(p.name for p in out.iterdir())
+    assert done == ["top_mosaic_09cm_area2_classes.tif", "top_mosaic_09cm_area4_classes.tif"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert predict_main(args) == 0  # a rerun skips what is complete
+    assert capsys.readouterr().err.count("outputs complete, skipped") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shard_out = tmp_path / "rank1"
+    assert predict_main([*args[:-6], "--out", str(shard_out), "--window", "32"]) == 0
+    assert [p.name for p in shard_out.iterdir()] == ["top_mosaic_09cm_area4_classes.tif"]
+
+
+def test_pairs_csv_and_folder_errors(ckpt, vaihingen_root, tmp_path, capsys):
+    rgb, x = _folders(vaihingen_root, tmp_path, areas=(2,))
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("rgb,x\ntop/top_mosaic_09cm_area2.tif,dsm/dsm_09cm_matching_area2.tif\n")
+    out = tmp_path / "out"
+    assert predict_main(["--ckpt", str(ckpt), "--pairs", str(csv), "--out", str(out)]) == 0
+    assert (out / "top_mosaic_09cm_area2_classes.tif").is_file()
+    (rgb / "orphan.tif").write_bytes(b"")
+    code = predict_main(["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(x), "--out", str(out)])
+    assert code == 2 and "orphan.tif" in capsys.readouterr().err
+
+
+def test_bf16_prediction_agrees_with_fp32(ckpt, vaihingen_root, tmp_path):
+    model, meta = load_predictor(ckpt)
+    rgb, x = _pair(vaihingen_root)
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        opts = PredictOptions(window=32, overlap=8, precision=precision)
+        written = predict_pair(model, meta, rgb, x, tmp_path / precision, opts)
+        with rasterio.open(written["classes"]) as src:
+            maps[precision] = src.read(1)
+    assert (maps["fp32"] == maps["bf16"]).mean() > 0.9

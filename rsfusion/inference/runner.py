@@ -62,6 +62,8 @@ class ModelRunner:
         flip: add the horizontally flipped view (test-time augmentation).
         scales: input scales; each view's logits are resized back to the window and summed.
         drop: 'rgb' or 'x' zeroes that input after normalisation (as training's masking does).
+        pad_multiple: zero-pad every view right/bottom to a multiple of this before the forward
+            pass (models with strided stages), and crop the logits back.
     """
 
     def __init__(
@@ -73,7 +75,9 @@ class ModelRunner:
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         drop: str | None = None,
+        pad_multiple: int = 1,
     ) -> None:
+        self.pad_multiple = max(1, pad_multiple)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.channels_last = (self.precision != "fp32") if channels_last is None else channels_last
@@ -107,8 +111,13 @@ class ModelRunner:
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     def _forward(self, rgb: Tensor, x: Tensor | None) -> Tensor:
+        h, w = rgb.shape[-2:]
+        ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
+        if ph or pw:
+            rgb = F.pad(rgb, (0, pw, 0, ph))
+            x = None if x is None else F.pad(x, (0, pw, 0, ph))
         out = self.model(rgb, x)
-        return (out["out"] if isinstance(out, dict) else out).float()
+        return (out["out"] if isinstance(out, dict) else out).float()[..., :h, :w]
 
     def logits(self, rgb: Tensor, x: Tensor | None) -> Tensor:
         """Summed logits of every view (scales x flips) at the input size, float32."""

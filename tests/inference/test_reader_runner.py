@@ -103,3 +103,17 @@ def test_precision_choices():
     fast = ModelRunner(conv, device="cpu", precision="bf16", channels_last=True)(rgb)
     assert fast.dtype == np.float32 and np.allclose(fast, ref, atol=0.1)
     assert (fast.argmax(1) == ref.argmax(1)).mean() > 0.9
+
+
+def test_views_are_padded_to_the_model_multiple_and_cropped_back():
+    class Strict(nn.Module):
+        def forward(self, rgb, x=None):
+            assert rgb.shape[-2] % 8 == 0 and rgb.shape[-1] % 8 == 0, rgb.shape
+            return rgb[:, :2]
+
+    rgb = np.ones((1, 3, 20, 28), np.float32)
+    runner = ModelRunner(Strict(), device="cpu", precision="fp32", scales=(0.75, 1.0),
+                         flip=True, pad_multiple=8)  # fmt: skip
+    assert runner(rgb).shape == (1, 2, 20, 28)
+    with pytest.raises(AssertionError):
+        ModelRunner(Strict(), device="cpu", precision="fp32")(rgb)

@@ -164,7 +164,9 @@ def score_tiles(
             "unpredicted_pixels": int((unpredicted & (target != ignore)).sum())
         }
         if overlays is not None and n < max_overlays:
-            save_overlay(tile.rgb.source, pred, target, meta, overlays / f"{stem}.png")
+            image, step = read_preview(tile.rgb.source)
+            p, t = pred[::step, ::step], target[::step, ::step]
+            save_overlay(image, p, t, meta, overlays / f"{stem}.png")
     return total, per_tile
 
 
@@ -175,26 +177,33 @@ def _metric_classes(meta: dict[str, Any]) -> list[int]:
     return [i for i, c in enumerate(meta["classes"]) if c not in exclude]
 
 
-def save_overlay(
-    rgb_source: str, pred: np.ndarray, target: np.ndarray, meta: dict[str, Any], path: Path
-) -> Path:
-    """PNG of three panels: the image, the prediction over it, and the errors (red) on it."""
+def read_preview(rgb_source: str, max_side: int = 800) -> tuple[np.ndarray, int]:
+    """The first three bands of a raster, decimated to at most ``max_side``, and the step."""
     import rasterio
-    from PIL import Image
 
     with rasterio.open(rgb_source) as src:
-        step = max(1, int(np.ceil(max(src.width, src.height) / 800)))
+        step = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
         out_shape = (min(src.count, 3), -(-src.height // step), -(-src.width // step))
-        img = src.read(list(range(1, out_shape[0] + 1)), out_shape=out_shape).astype(np.float32)
-    if img.shape[0] == 1:
-        img = np.repeat(img, 3, 0)
+        img = src.read(list(range(1, out_shape[0] + 1)), out_shape=out_shape)
+    return img.astype(np.float32), step
+
+
+def save_overlay(
+    image: np.ndarray, pred: np.ndarray, target: np.ndarray, meta: dict[str, Any], path: Path
+) -> Path:
+    """PNG of three panels: the image, the prediction over it, and the errors (red) on it.
+
+    ``image`` is (bands, h, w) at the resolution of ``pred`` and ``target`` (any value range).
+    """
+    from PIL import Image
+
+    img = np.repeat(image, 3, 0) if image.shape[0] == 1 else image[:3]
     lo, hi = np.percentile(img, 1), np.percentile(img, 99)
     img = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).transpose(1, 2, 0)
-    p, t = pred[::step, ::step], target[::step, ::step]
-    palette = np.asarray(meta["palette"] + [[0, 0, 0]] * 256, np.float32)
-    colours = palette[np.clip(p, 0, len(palette) - 1)]
+    palette = np.asarray(list(meta["palette"]) + [[0, 0, 0]] * 256, np.float32)
+    colours = palette[np.clip(pred, 0, len(palette) - 1)]
     over = 0.5 * img + 0.5 * colours
-    wrong = (p != t) & (t != int(meta["ignore_index"]))
+    wrong = (pred != target) & (target != int(meta["ignore_index"]))
     errors = img * 0.4
     errors[wrong] = [255, 0, 0]
     panel = np.concatenate([img, over, errors], axis=1).astype(np.uint8)
@@ -203,6 +212,58 @@ def save_overlay(
     Image.fromarray(panel).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def save_class_png(pred: np.ndarray, palette: list, path: Path) -> Path:
+    """Class ids as a palette PNG (natural-image predictions), written atomically."""
+    from PIL import Image
+
+    img = Image.fromarray(pred.astype(np.uint8), mode="P")
+    flat = [v for c in palette for v in c][:768]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def score_images(
+    runner: Any,
+    dm: Any,
+    meta: dict[str, Any],
+    split: str,
+    dest: Path | None,
+    overlays: Path | None,
+    max_overlays: int,
+) -> tuple[Any, dict[str, Any]]:
+    """Natural images: each test image whole (padded to the model's multiple by the runner),
+    multi-scale / flip as the runner says; confusion summed over the split."""
+    import torch
+
+    from rsfusion.training.metrics import confusion_from_arrays, scores_from_confusion
+
+    k, ignore = len(meta["classes"]), int(meta["ignore_index"])
+    dataset = dm.make_dataset(split, dm.fit_x_norm())
+    total = torch.zeros(k, k, dtype=torch.long)
+    per_image: dict[str, Any] = {}
+    for n in range(len(dataset)):
+        sample, ref = dataset[n], dataset.samples[n]
+        batch = dm.aug({key: v[None] for key, v in sample.items()})
+        x = batch.get("image_x")
+        logits = runner(batch["image"].numpy(), None if x is None else x.numpy())
+        pred = logits[0].argmax(0)
+        target = sample["mask"].numpy().astype(np.int64)
+        cm = confusion_from_arrays(pred, target, k, ignore)
+        total += cm
+        name = ref.id if ref.condition is None else f"{ref.condition}_{ref.id}"
+        s = scores_from_confusion(cm, _metric_classes(meta))
+        per_image[name] = {key: float(s[key]) for key in ("PA", "mIoU")}
+        if dest is not None:
+            save_class_png(pred, meta["palette"], dest / f"{name}_classes.png")
+        if overlays is not None and n < max_overlays:
+            save_overlay(sample["image"].numpy(), pred, target, meta, overlays / f"{name}.png")
+    return total, per_image
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,17 +291,29 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     modes = args.inputs or (["both", "rgb", "x"] if cfg.data.x else ["both"])
     card = dm.card
-    wanted = dm.tiles_of(args.split)
-    tiles, missing = find_tiles(
-        card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x, align_x=cfg.data.align_x
-    )
-    if not tiles:
-        raise FileNotFoundError(f"no {args.split} tile of {wanted} under {cfg.data.root}")
-    if missing:
-        warnings.warn(f"{args.split} tiles missing under {cfg.data.root}: {missing}", stacklevel=2)
+    natural = meta.get("kind") == "natural"
     window = args.window or cfg.data.window
-    if not 0 < args.stride <= window:
-        raise ValueError(f"--stride {args.stride} must lie in (0, window={window}]")
+    if natural:
+        tiles: list[Any] = []
+        protocol: dict[str, Any] = {"split": args.split, "images": "whole"}
+    else:
+        wanted = dm.tiles_of(args.split)
+        tiles, missing = find_tiles(
+            card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x, align_x=cfg.data.align_x
+        )
+        if not tiles:
+            raise FileNotFoundError(f"no {args.split} tile of {wanted} under {cfg.data.root}")
+        if missing:
+            warnings.warn(
+                f"{args.split} tiles missing under {cfg.data.root}: {missing}", stacklevel=2
+            )
+        if not 0 < args.stride <= window:
+            raise ValueError(f"--stride {args.stride} must lie in (0, window={window}]")
+        protocol = {
+            "split": args.split, "tiles": [t.tile_id for t in tiles],
+            "labels": cfg.data.eval_labels, "window": window, "stride": args.stride,
+            "logits": "summed",
+        }  # fmt: skip
     options = PredictOptions(
         window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
         readers=2,
@@ -249,18 +322,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     metric_classes = meta["metric_classes"]
     rows: dict[str, Any] = {}
     result: dict[str, Any] = {}
+    # natural images are padded as in training; ISPRS windows reach the model as predict sends them
+    pad = int(meta.get("pad_multiple") or 1) if natural else 1
     with tempfile.TemporaryDirectory(prefix=".eval-", dir=out) as scratch:
         for mode in modes:
             runner = ModelRunner(
                 task.model, device=args.device, precision=args.precision, flip=args.flip,
-                scales=args.scales, drop=MODES[mode],
+                scales=args.scales, drop=MODES[mode], pad_multiple=pad,
             )  # fmt: skip
             keep = args.save_predictions and mode == "both"
-            dest = out if keep else Path(scratch) / mode
             overlays = out / "overlays" if mode == "both" and args.overlays > 0 else None
-            cm, per_tile = score_tiles(
-                runner, meta, tiles, cfg.data.eval_labels, options, dest, overlays, args.overlays
-            )
+            if natural:
+                dest = out / "predictions" if keep else None
+                cm, per_item = score_images(
+                    runner, dm, meta, args.split, dest, overlays, args.overlays
+                )
+            else:
+                dest = out if keep else Path(scratch) / mode
+                cm, per_item = score_tiles(
+                    runner, meta, tiles, cfg.data.eval_labels, options, dest, overlays,
+                    args.overlays,
+                )  # fmt: skip
             scores = scores_from_confusion(cm, metric_classes)
             rows[mode] = scores
             tag = f"{args.split}{TAGS[mode]}"
@@ -268,14 +350,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             save_confusion_figure(cm, names, out / "reports" / f"{tag}_confusion.png",
                                   title=f"{card.name} {args.split}: {LABELS[mode]}")  # fmt: skip
             result[mode] = scores_to_json(scores, names) | {
-                "per_tile": per_tile,
+                "per_tile" if not natural else "per_image": per_item,
                 "confusion": cm.tolist(),
             }
             print(f"\n{LABELS[mode]}\n{format_class_table(scores, names, metric_classes)}")
-    protocol = {
-        "split": args.split, "tiles": [t.tile_id for t in tiles], "labels": cfg.data.eval_labels,
-        "window": window, "stride": args.stride, "logits": "summed", "scales": args.scales,
-        "flip": args.flip, "precision": runner.precision, "metric_classes": metric_classes,
+    protocol |= {
+        "scales": args.scales, "flip": args.flip, "precision": runner.precision,
+        "metric_classes": metric_classes,
     }  # fmt: skip
     result = {**result, "protocol": protocol}
     tmp = out / ".metrics.json.partial"

@@ -1,10 +1,64 @@
-"""Dataset cards: one YAML file per dataset in data_catalog/, read into typed objects."""
+"""Dataset cards: one YAML file per dataset in data_catalog/, read into typed objects.
+
+Two kinds of card. ``kind: remote_sensing`` (ISPRS, Autzen): georeferenced tiles named by
+``tile_fields``, colour-coded label rasters, split presets listing tile ids.
+
+``kind: natural`` (NYUDepthV2, SUN-RGBD, MFNet, ...): one sample = a few aligned image files
+named by a sample id. Keys (unknown keys are refused, with a suggestion)::
+
+    name, title, kind: natural
+    release: which copy of the dataset the layout follows, and where it comes from
+    source_url, licence, files
+    image_size: [h, w]       # or "varying": then configs crop/resize per sample on the CPU
+    modalities:              # at least the RGB one and one X; the config picks data.rgb/data.x
+      <name>:
+        patterns: ["Depth/{id}.png", ...]  # relative to the root; first existing file wins;
+                             # fields {id}, {split} (the split part: train/val/test) and
+                             # {condition} (when the card has conditions)
+        bands: [depth]       # the stored channels
+        dtype, unit, description   # informative
+        key: <var>           # the variable inside .mat/.npz files (default: the only one)
+        channels_first: false      # .npy/.mat arrays stored (C, H, W) instead of (H, W, C)
+        encodings:           # name -> ordered ops turning the stored file into channels
+          metres: {invalid: [0], scale: {uint16: 0.001}}   # see rsfusion.data.natural.encodings
+          repeat3: {to_unit: true, repeat: 3, bands: [depth, depth, depth]}
+        default_encoding: repeat3  # used when the config's data.x_encoding is null
+    labels:
+      patterns: ["Label/{id}.png"]  # 8/16-bit index PNG, .npy, .npz or .mat
+      encoding: index        # index (class ids) or rgb (colours of the classes' palette)
+      void: [0]              # stored values meaning "unlabelled" -> ignore_index
+      value_map: {7: 3}      # stored -> class index, before the offset (optional)
+      offset: -1             # class = stored + offset for the rest (NYU 1..40 -> 0..39)
+      key, channel           # .mat/.npz variable; channel of a multi-channel index image
+    ignore_index: 255        # outside [0, classes); every other value must map into it
+    classes: [{name, colour}, ...]
+    metric_exclude: []
+    splits:                  # presets -> parts (train / val / test) -> one sample source:
+      official:
+        train: {file: train.txt, count: 795}  # the release's split file: one sample a line,
+                             # id = first token's file stem (id_from: path keeps folders)
+        test: {range: [1, 654], zfill: 0}     # or {ids: [...]}, or {glob: "test/rgb/*.png"}
+    default_split: official
+    conditions:              # optional named subsets; the config's data.condition picks one
+      night: {match: "N$"}   # regex searched in the sample id, and/or
+      fog: {value: fog}      # the value of {condition} in patterns, files and globs
+
+Natural cards are parsed and validated by :mod:`rsfusion.data.natural.card`; errors name the
+card file and the key path (``modalities.depth.encodings.metres: unknown op 'scael'; did you
+mean 'scale'?``). Encoding ops are listed in :mod:`rsfusion.data.natural.encodings`.
+
+Adding a natural dataset: (1) this card, ``data_catalog/<name>.yaml``; (2) a fake-release
+generator ``tests/data/<name>/data.py`` and tests; (3) ``configs/bases/<name>.yaml`` on top of
+``bases/natural.yaml`` (crop sizes, encodings) and a runnable config; (4) only when the card
+cannot describe the release, ``rsfusion/data/natural/<name>.py`` with a ``NaturalRGBXDataset``
+subclass setting ``card_name`` (it is found by the card's name).
+"""
 
 from __future__ import annotations
 
 import difflib
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +75,18 @@ class ClassInfo:
 
 
 @dataclass(frozen=True)
+class Encoding:
+    """How a natural card's stored modality file becomes channels: ordered ops and band names."""
+
+    name: str
+    ops: dict[str, Any]
+    bands: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Modality:
-    """One input modality of a dataset (an orthophoto, a DSM, ...)."""
+    """One input modality of a dataset (an orthophoto, a DSM, a depth map, ...)."""
 
     name: str
     patterns: tuple[str, ...]
@@ -30,6 +94,55 @@ class Modality:
     dtype: str
     description: str = ""
     unit: str | None = None
+    encodings: dict[str, Encoding] = field(default_factory=dict)
+    default_encoding: str | None = None
+    key: str | None = None
+    channels_first: bool = False
+
+    def encoding(self, name: str | None = None) -> Encoding:
+        """The named encoding, the default one, or "raw" (stored channels as they are)."""
+        name = name or self.default_encoding or "raw"
+        if name in self.encodings:
+            return self.encodings[name]
+        if name == "raw":
+            return Encoding("raw", {}, self.bands, "stored values as they are")
+        raise KeyError(
+            f"modality '{self.name}' has no encoding '{name}'; choose one of "
+            f"{sorted({*self.encodings, 'raw'})}"
+        )
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where a natural card's label files are and how stored values become class indices."""
+
+    patterns: tuple[str, ...]
+    encoding: str = "index"
+    void: tuple[int, ...] = ()
+    offset: int = 0
+    value_map: dict[int, int] = field(default_factory=dict)
+    key: str | None = None
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """The samples of one split part: a split file, an id range, an id list or a file glob."""
+
+    kind: str
+    value: Any
+    id_from: str = "stem"
+    zfill: int = 0
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A named subset of a natural dataset (day/night, a weather, ...)."""
+
+    name: str
+    match: str | None = None
+    value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +168,11 @@ class DatasetCard:
     licence: str = ""
     files: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     path: Path | None = None
+    release: str = ""
+    image_size: tuple[int, int] | None = None
+    labels: LabelSpec | None = None
+    sample_splits: dict[str, dict[str, SplitSource]] = field(default_factory=dict)
+    conditions: dict[str, Condition] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +201,11 @@ class DatasetCard:
 
     def split(self, preset: str | None = None) -> dict[str, tuple[str, ...]]:
         """Tile ids per split ('train', 'test', ...) of a named preset (default: the card's)."""
+        if self.kind == "natural":
+            raise KeyError(
+                f"dataset card '{self.name}' is a natural-image card: its samples come from the "
+                "release's split files (NaturalRGBXDataset lists them); use sample_split()"
+            )
         preset = preset or self.default_split
         if preset not in self.splits:
             raise KeyError(
@@ -90,6 +213,29 @@ class DatasetCard:
                 f"choose one of {sorted(self.splits)}"
             )
         return self.splits[preset]
+
+    def sample_split(self, preset: str | None, part: str) -> SplitSource:
+        """A natural card's sample source for one part ('train', 'val', 'test') of a preset."""
+        preset = preset or self.default_split
+        if preset not in self.sample_splits:
+            raise KeyError(
+                f"dataset card '{self.name}' has no split preset '{preset}'; "
+                f"choose one of {sorted(self.sample_splits)}"
+            )
+        parts = self.sample_splits[preset]
+        if part not in parts:
+            raise KeyError(f"split preset '{preset}' of '{self.name}' has no '{part}' part")
+        return parts[part]
+
+    def encoded(self, choices: dict[str, str | None]) -> DatasetCard:
+        """This card with the chosen modalities' ``bands`` replaced by their encodings' output
+        channels (``{"depth": "repeat3"}``; None = the modality's default encoding), so that
+        channel counts and checkpoint metadata describe what the model receives."""
+        modalities = dict(self.modalities)
+        for name, choice in choices.items():
+            mod = self.modality(name)
+            modalities[name] = replace(mod, bands=mod.encoding(choice).bands)
+        return replace(self, modalities=modalities)
 
     def all_tile_ids(self) -> list[str]:
         """Every tile id named by any split preset, in a stable order."""
@@ -154,6 +300,10 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
 
 
 def _parse_card(raw: dict[str, Any], path: Path) -> DatasetCard:
+    if raw.get("kind") == "natural":
+        from rsfusion.data.natural.card import parse_natural_card
+
+        return parse_natural_card(raw, path)
     tile_fields = tuple(raw.get("tile_fields", ["id"]))
     modalities = {}
     for mname, m in raw["modalities"].items():

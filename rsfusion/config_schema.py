@@ -59,6 +59,13 @@ class DataConfig:
     x_scale: float = 1.0
     align_x: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # natural-image cards only (kind: natural); the defaults leave ISPRS configs unchanged
+    x_encoding: str | None = None  # the X modality's encoding in the card (null: its default)
+    condition: str | None = None  # a card condition/subset (null: all samples)
+    resize: list[int] | None = None  # [h, w] every sample is resized to on the CPU
+    scale_range: list[float] | None = None  # training: random CPU rescale before the crop
+    crop: list[int] | None = None  # training: random [h, w] CPU crop (padded with ignore)
+    pad_multiple: int = 32  # batches padded to a multiple of this (mask: ignore)
 
 
 @dataclass

@@ -22,3 +22,21 @@ def vaihingen_root() -> Path:
 def potsdam_root() -> Path:
     """tests/data/potsdam: tiles 2_10, 2_11 (train) and 2_13 (test) in the release layout."""
     return DATA / "potsdam"
+
+
+@pytest.fixture(scope="session")
+def nyudepthv2_root() -> Path:
+    """tests/data/nyudepthv2: NYU ids 2, 3, 4 (train) and 1, 8 (test), 40x56, CMX/DFormer layout."""
+    return DATA / "nyudepthv2"
+
+
+@pytest.fixture(scope="session")
+def sunrgbd_root() -> Path:
+    """tests/data/sunrgbd: 3 train and 2 test samples of different sizes, DFormer layout."""
+    return DATA / "sunrgbd"
+
+
+@pytest.fixture(scope="session")
+def aloe_root() -> Path:
+    """tests/data/aloe: Middlebury 2006 Aloe left view and GT disparity (scripts/fetch_aloe.py)."""
+    return DATA / "aloe"

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rsfusion.catalog import DatasetCard, load_card
+from rsfusion.catalog import DatasetCard
 from rsfusion.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from rsfusion.data.labels import LabelColourError
 from rsfusion.data.tiles import TileError, find_tiles
@@ -68,9 +68,10 @@ def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
 
 def dry_run(cfg: ExperimentConfig) -> int:
     """Build the model (random init, no weights), print its parameters, check the data root."""
+    from rsfusion.data.factory import make_datamodule, model_card
     from rsfusion.models.base import build_model
 
-    card = load_card(cfg.data.card)
+    card = model_card(cfg.data)
     spec = model_spec(cfg, card)
     model = build_model(ModelSpec(**{**spec.__dict__, "weights": None}))
     print(f"config {cfg.name}: model {spec.name} ({spec.arch}/{spec.backbone}), card {card.name}")
@@ -81,9 +82,10 @@ def dry_run(cfg: ExperimentConfig) -> int:
     total, trainable = count_parameters(model)
     print(f"params: total={total} trainable={trainable}")
     if cfg.data.root is not None:
-        from rsfusion.data.datamodule import ISPRSDataModule
-
-        dm = ISPRSDataModule(cfg.data, cfg.seed)
+        dm = make_datamodule(cfg.data, cfg.seed)
+        if card.kind == "natural":
+            print("\n".join(dm.sample_report()))
+            return 0
         for split in ("train", "val", "test"):
             wanted = dm.tiles_of(split)
             found, missing = find_tiles(
@@ -138,11 +140,11 @@ def check_fits(flag: str, path: str, saved: dict[str, Any], meta: dict[str, Any]
 
 def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
     """The datamodule and the LightningModule of a config (seed first for a stable init)."""
-    from rsfusion.data.datamodule import ISPRSDataModule
+    from rsfusion.data.factory import make_datamodule
     from rsfusion.training.task import SegmentationTask
 
-    card = load_card(cfg.data.card)
-    dm = ISPRSDataModule(cfg.data, cfg.seed)
+    dm = make_datamodule(cfg.data, cfg.seed)
+    card = dm.card
     spec = model_spec(cfg, card)
     plain = config_to_dict(cfg)
     meta = {**dm.describe(), "config": plain, "model": spec.__dict__}

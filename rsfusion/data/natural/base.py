@@ -1,0 +1,403 @@
+"""Card-driven natural-image RGB+X datasets (NYUDepthV2, SUN-RGBD, MFNet, ...) on torchgeo.
+
+One :class:`NaturalRGBXDataset` reads any ``kind: natural`` card (schema in
+:mod:`rsfusion.catalog`): sample ids from the release's split files, one file per modality
+found through the card's patterns, the chosen encodings (:mod:`.encodings`), labels mapped to
+class indices. Samples use the ISPRS keys: ``image`` (RGB float, 0-255), ``image_x`` (X, float,
+normalised, unknown values 0) and ``mask`` (long, the card's ignore index). A dataset whose
+release needs more than the card says is a subclass in ``rsfusion/data/natural/<card>.py``
+setting ``card_name`` (it registers itself) and overriding :meth:`list_samples`,
+:meth:`find_file` or :meth:`read_modality`.
+
+Images of varying size (SUN-RGBD, UrbanLF) get :class:`SampleResizeCrop` per sample on the CPU;
+:func:`pad_collate` pads what still differs (mask: ignore) so any batch stacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import default_collate
+from torchgeo.datasets import NonGeoDataset
+
+from rsfusion.catalog import DatasetCard, LabelSpec, load_card
+from rsfusion.data.labels import PaletteDecoder
+from rsfusion.data.natural.encodings import apply_ops
+from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
+from rsfusion.data.normalise import XNorm
+
+Sample = dict[str, Tensor]
+NATURAL_DATASETS: dict[str, type[NaturalRGBXDataset]] = {}
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample: its id, the card's split part and (for conditional releases) condition."""
+
+    id: str
+    split: str
+    condition: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        out = {"id": self.id, "split": self.split}
+        return out if self.condition is None else {**out, "condition": self.condition}
+
+
+def _uses_condition_field(card: DatasetCard) -> bool:
+    patterns = [p for m in card.modalities.values() for p in m.patterns]
+    patterns += list(card.labels.patterns) if card.labels else []
+    patterns += [
+        str(s.value) for parts in card.sample_splits.values() for s in parts.values()
+    ]  # split files and globs
+    return any("{condition}" in p for p in patterns)
+
+
+def _natural_key(s: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
+
+
+def _id_of(token: str, id_from: str) -> str:
+    path = PurePosixPath(token.replace("\\", "/"))
+    return path.stem if id_from == "stem" else str(path.with_suffix(""))
+
+
+def list_samples(
+    card: DatasetCard,
+    root: str | Path,
+    preset: str | None,
+    part: str,
+    condition: str | None = None,
+) -> list[SampleRef]:
+    """The samples of one split part, read from the release (split file, glob) or the card.
+
+    Raises:
+        KeyError: unknown preset, part or condition.
+        SampleFileError: the split file is missing.
+    """
+    root = Path(root)
+    source = card.sample_split(preset, part)
+    if condition is not None and condition not in card.conditions:
+        raise KeyError(
+            f"dataset card '{card.name}' has no condition '{condition}'; "
+            f"choose one of {sorted(card.conditions)} or null"
+        )
+    chosen = [card.conditions[condition]] if condition else list(card.conditions.values())
+    values: list[str | None] = [None]
+    if _uses_condition_field(card):
+        values = [c.value or c.name for c in chosen]
+    refs: list[SampleRef] = []
+    for value in values:
+        fields = {"split": part, "condition": value or ""}
+        if source.kind == "file":
+            path = root / str(source.value).format(**fields)
+            if not path.is_file():
+                raise SampleFileError(
+                    f"missing split file {path} ({card.name} '{part}' samples); check data.root"
+                )
+            lines = [ln.split() for ln in path.read_text().splitlines()]
+            ids = [_id_of(t[0], source.id_from) for t in lines if t and not t[0].startswith("#")]
+        elif source.kind == "range":
+            first, last = source.value
+            ids = [str(i).zfill(source.zfill) for i in range(first, last + 1)]
+        elif source.kind == "ids":
+            ids = list(source.value)
+        else:
+            found = root.glob(str(source.value).format(**fields))
+            ids = sorted(
+                (_id_of(str(p.relative_to(root)), source.id_from) if source.id_from == "path"
+                 else p.stem for p in found),
+                key=_natural_key,
+            )  # fmt: skip
+        refs += [SampleRef(i, part, value) for i in ids]
+    if condition and card.conditions[condition].match:
+        rx = re.compile(card.conditions[condition].match)
+        refs = [r for r in refs if rx.search(r.id)]
+    return refs
+
+
+def decode_index_labels(
+    stored: np.ndarray, spec: LabelSpec, num_classes: int, ignore_index: int, source: str
+) -> np.ndarray:
+    """Stored label values -> class indices: void -> ignore, value_map, then + offset.
+
+    Raises:
+        SampleFormatError: a value that is neither void nor maps into 0..num_classes-1.
+    """
+    if stored.dtype.kind == "f" and not np.all(np.isfinite(stored) & (stored == np.round(stored))):
+        raise SampleFormatError(f"{source}: label values must be whole numbers")
+    values, inverse = np.unique(stored.astype(np.int64), return_inverse=True)
+    mapped = values + spec.offset
+    for old, new in spec.value_map.items():
+        mapped[values == old] = new
+    void = np.isin(values, spec.void)
+    mapped[void] = ignore_index
+    bad = ~void & ~np.isin(values, list(spec.value_map)) & ((mapped < 0) | (mapped >= num_classes))
+    if bad.any():
+        raise SampleFormatError(
+            f"{source}: label values {values[bad][:8].tolist()} map outside the card's "
+            f"{num_classes} classes (void {list(spec.void)}, offset {spec.offset}); "
+            "is this the label set the card describes?"
+        )
+    return mapped[inverse].reshape(stored.shape)
+
+
+def normalise_x(x: np.ndarray, norm: XNorm) -> np.ndarray:
+    """X normalisation per sample, as MoBaNet's per-raster one: ``raster_minmax`` (the
+    sample's min-max of known values), ``dataset`` (mean/std), ``scale``; unknown (NaN) -> 0."""
+    if norm.mode == "raster_minmax":
+        known = x[np.isfinite(x)]
+        lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
+        out = (x - lo) / max(hi - lo, 1e-6)
+    elif norm.mode == "dataset":
+        if norm.mean is None or norm.std is None:
+            raise ValueError("x_norm 'dataset' needs mean and std (fit them on the train set)")
+        out = (x - norm.mean) / max(norm.std, 1e-6)
+    else:
+        out = x / norm.scale
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+class NaturalRGBXDataset(NonGeoDataset):
+    """RGB (+ X) samples and index labels of a natural-image release described by a card.
+
+    Args:
+        root: the release's root folder.
+        split: 'train', 'val' or 'test'; 'val' reads the card's 'val' part, else its 'test'.
+        card: card name or object (default: the subclass's ``card_name``).
+        rgb: the RGB modality; x: the X modality (None: RGB only).
+        encodings: modality -> encoding name (missing or None: the modality's default).
+        preset: split preset (default: the card's); condition: a card condition or None.
+        x_norm: X normalisation (default: none, ``scale`` 1).
+        transform: per-sample CPU transform (e.g. :class:`SampleResizeCrop`).
+        samples: explicit samples instead of the split's.
+    """
+
+    card_name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.card_name:
+            NATURAL_DATASETS[cls.card_name] = cls
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        card: str | DatasetCard | None = None,
+        rgb: str = "rgb",
+        x: str | None = None,
+        encodings: dict[str, str | None] | None = None,
+        preset: str | None = None,
+        condition: str | None = None,
+        x_norm: XNorm | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        samples: Sequence[SampleRef] | None = None,
+    ) -> None:
+        card = card or self.card_name
+        if card is None:
+            raise ValueError(f"{type(self).__name__} needs a dataset card")
+        self.card = card if isinstance(card, DatasetCard) else load_card(card)
+        if self.card.kind != "natural" or self.card.labels is None:
+            raise ValueError(f"dataset card '{self.card.name}' is not a natural-image card")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        self.root = Path(root)
+        self.split = split
+        self.rgb, self.x = rgb, x
+        self.encodings = {rgb: None, **({x: None} if x else {}), **(encodings or {})}
+        for name, choice in self.encodings.items():
+            self.card.modality(name).encoding(choice)  # unknown names fail here, not mid-epoch
+        self.card.sample_split(preset, "train")  # an unknown preset fails here
+        parts = self.card.sample_splits[preset or self.card.default_split]
+        self.part = "test" if split == "val" and "val" not in parts else split
+        self.preset, self.condition = preset, condition
+        self.x_norm = x_norm or XNorm("scale", 1.0)
+        self.transform = transform
+        self.samples = list(samples) if samples is not None else self.list_samples()
+        self._palette = (
+            PaletteDecoder(self.card.palette, self.card.ignore_index)
+            if self.card.labels.encoding == "rgb"
+            else None
+        )
+
+    def list_samples(self) -> list[SampleRef]:
+        """The split's samples (override for releases the card's sources cannot describe)."""
+        return list_samples(self.card, self.root, self.preset, self.part, self.condition)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def find_file(self, patterns: Sequence[str], ref: SampleRef, what: str) -> Path:
+        """The first existing file among ``patterns`` filled for ``ref``."""
+        paths = [self.root / p.format(**ref.fields()) for p in patterns]
+        for path in paths:
+            if path.is_file():
+                return path
+        tried = ", ".join(str(p) for p in paths)
+        raise SampleFileError(f"sample '{ref.id}' ({ref.split}): missing {what} file {tried}")
+
+    def read_modality(self, name: str, ref: SampleRef) -> np.ndarray:
+        """One modality of a sample, encoded: float32 ``(C, H, W)``, unknown values NaN."""
+        mod = self.card.modality(name)
+        path = self.find_file(mod.patterns, ref, f"'{name}'")
+        stored = read_file(path, mod.key, mod.channels_first)
+        if stored.shape[0] != len(mod.bands):
+            raise SampleFormatError(
+                f"{path}: has {stored.shape[0]} channel(s); the card's '{name}' modality "
+                f"stores {len(mod.bands)} {list(mod.bands)}"
+            )
+        return apply_ops(stored, mod.encoding(self.encodings.get(name)).ops, str(path))
+
+    def read_labels(self, ref: SampleRef) -> np.ndarray:
+        """A sample's class indices ``(H, W)`` int64 (ignore index where unlabelled)."""
+        spec = self.card.labels
+        assert spec is not None
+        path = self.find_file(spec.patterns, ref, "label")
+        stored = read_file(path, spec.key)
+        if self._palette is not None:
+            rgb = torch.from_numpy(np.ascontiguousarray(stored[:3]))
+            return self._palette(rgb, str(path)).numpy().astype(np.int64)
+        if stored.shape[0] > 1:
+            if spec.channel is None or spec.channel >= stored.shape[0]:
+                raise SampleFormatError(
+                    f"{path}: index labels with {stored.shape[0]} channels; set the card's "
+                    "labels.channel to the one holding the class values"
+                )
+            stored = stored[spec.channel : spec.channel + 1]
+        return decode_index_labels(
+            stored[0], spec, self.card.num_classes, self.card.ignore_index, str(path)
+        )
+
+    def __getitem__(self, index: int) -> Sample:
+        ref = self.samples[index]
+        rgb = self.read_modality(self.rgb, ref)
+        x = self.read_modality(self.x, ref) if self.x else None
+        mask = self.read_labels(ref)
+        shapes = {"rgb": rgb.shape[1:], "label": mask.shape}
+        if x is not None:
+            shapes["x"] = x.shape[1:]
+        if len(set(shapes.values())) > 1:
+            raise SampleFormatError(
+                f"sample '{ref.id}' ({ref.split}) under {self.root}: RGB, X and label sizes "
+                f"differ {dict((k, tuple(v)) for k, v in shapes.items())}; they must be aligned"
+            )
+        sample = {"image": torch.from_numpy(rgb), "mask": torch.from_numpy(mask)}
+        if x is not None:
+            sample["image_x"] = torch.from_numpy(normalise_x(x, self.x_norm))
+        return self.transform(sample) if self.transform is not None else sample
+
+    def missing_files(self) -> list[str]:
+        """Files the split's samples need that do not exist (for ``--dry-run``)."""
+        spec = self.card.labels
+        assert spec is not None
+        groups = [self.card.modality(m).patterns for m in self.encodings] + [spec.patterns]
+        missing = []
+        for ref in self.samples:
+            for patterns in groups:
+                paths = [self.root / p.format(**ref.fields()) for p in patterns]
+                if not any(p.is_file() for p in paths):
+                    missing.append(str(paths[0]))
+        return missing
+
+
+def dataset_class_for(card_name: str) -> type[NaturalRGBXDataset]:
+    """The registered dataset class of a card (module ``rsfusion.data.natural.<card>``, if
+    any), else the generic :class:`NaturalRGBXDataset`."""
+    if card_name not in NATURAL_DATASETS:
+        module = f"rsfusion.data.natural.{card_name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return NATURAL_DATASETS.get(card_name, NaturalRGBXDataset)
+
+
+def pad_sample(sample: Sample, height: int, width: int, ignore_index: int) -> Sample:
+    """Pad bottom/right to ``(height, width)``: images and X with 0, the mask with ignore."""
+    h, w = sample["image"].shape[-2:]
+    pad = (0, max(width - w, 0), 0, max(height - h, 0))
+    if pad == (0, 0, 0, 0):
+        return sample
+    out = dict(sample)
+    for key in ("image", "image_x"):
+        if key in sample:
+            out[key] = F.pad(sample[key], pad, value=0.0)
+    out["mask"] = F.pad(sample["mask"], pad, value=ignore_index)
+    return out
+
+
+def pad_collate(samples: list[Sample], multiple: int = 32, ignore_index: int = 255) -> Sample:
+    """Stack samples of any sizes: pad each to the batch's largest size rounded up to
+    ``multiple`` (models with strided stages need it), masks with the ignore index."""
+    height = max(s["image"].shape[-2] for s in samples)
+    width = max(s["image"].shape[-1] for s in samples)
+    height, width = (-(-v // multiple) * multiple for v in (height, width))
+    return default_collate([pad_sample(s, height, width, ignore_index) for s in samples])
+
+
+class SampleResizeCrop:
+    """Per-sample CPU resize, random rescale and random crop, for releases whose images differ
+    in size (METHODS.md recipes: resize .5-2, then crop, e.g. SUN-RGBD 480x480).
+
+    Args:
+        size: fixed ``(h, w)`` every sample is resized to first, or None.
+        scale_range: ``(min, max)`` random rescale factor, or None.
+        crop: ``(h, w)`` random crop; smaller images are padded (X 0, mask ignore) first.
+        ignore_index: mask value of padding.
+    """
+
+    def __init__(
+        self,
+        size: Sequence[int] | None = None,
+        scale_range: Sequence[float] | None = None,
+        crop: Sequence[int] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be (min, max), 0 < min <= max: {scale_range}")
+        for name, pair in (("size", size), ("crop", crop)):
+            if pair is not None and (len(pair) != 2 or min(pair) < 1):
+                raise ValueError(f"{name} must be [height, width] >= 1, got {pair}")
+        self.size = tuple(size) if size else None
+        self.scale_range = tuple(scale_range) if scale_range else None
+        self.crop = tuple(crop) if crop else None
+        self.ignore_index = ignore_index
+
+    def __call__(self, sample: Sample) -> Sample:
+        h, w = sample["image"].shape[-2:]
+        th, tw = self.size or (h, w)
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            s = lo + (hi - lo) * float(torch.rand(()))
+            th, tw = max(1, round(th * s)), max(1, round(tw * s))
+        out = dict(sample)
+        if (th, tw) != (h, w):
+            for key in ("image", "image_x"):
+                if key in sample:
+                    out[key] = F.interpolate(
+                        sample[key][None], (th, tw), mode="bilinear", antialias=True
+                    )[0]
+            out["mask"] = F.interpolate(sample["mask"][None, None].float(), (th, tw))[0, 0].long()
+        if self.crop is None:
+            return out
+        ch, cw = self.crop
+        out = pad_sample(out, ch, cw, self.ignore_index)
+        top = int(torch.randint(0, out["image"].shape[-2] - ch + 1, ()))
+        left = int(torch.randint(0, out["image"].shape[-1] - cw + 1, ()))
+        return {
+            k: (
+                v[..., top : top + ch, left : left + cw] if k in ("image", "image_x", "mask") else v
+            )
+            for k, v in out.items()
+        }

@@ -37,7 +37,7 @@ from rsfusion.cli.train import (
     check_fits,
     read_checkpoint,
 )
-from rsfusion.config import load_config
+from rsfusion.config import ConfigError, load_config
 
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
 LABELS = {"both": "RGB + X", "rgb": "RGB only (X zeroed)", "x": "X only (RGB zeroed)"}
@@ -308,7 +308,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.split} tiles missing under {cfg.data.root}: {missing}", stacklevel=2
             )
         if not 0 < args.stride <= window:
-            raise ValueError(f"--stride {args.stride} must lie in (0, window={window}]")
+            raise ConfigError(f"--stride {args.stride} must lie in (0, window={window}]")
         protocol = {
             "split": args.split, "tiles": [t.tile_id for t in tiles],
             "labels": cfg.data.eval_labels, "window": window, "stride": args.stride,

@@ -13,6 +13,9 @@ from typing import Any
 from rsfusion.catalog import DatasetCard
 from rsfusion.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from rsfusion.data.labels import LabelColourError
+from rsfusion.data.natural.encodings import EncodingError
+from rsfusion.data.natural.matfile import MatFileError
+from rsfusion.data.natural.readers import SampleFormatError
 from rsfusion.data.tiles import TileError, find_tiles
 from rsfusion.models.base import ModelSpec, count_parameters
 from rsfusion.models.baselines import WeightsError
@@ -30,6 +33,9 @@ USER_ERRORS = (
     CheckpointMismatchError,
     FileNotFoundError,
     KeyError,
+    SampleFormatError,
+    MatFileError,
+    EncodingError,
 )
 
 

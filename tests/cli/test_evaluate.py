@@ -153,3 +153,34 @@ def test_isprs_numbers_equal_an_independent_numpy_computation(diverse, tmp_path,
             assert p.colormap(1)[0][:3] == (255, 255, 255)
     assert (out / "overlays" / "top_mosaic_09cm_area2.png").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_natural_images_whole_multiscale_flip(nyudepthv2_root, tmp_path, capsys):
+    nyu = [f"data.root={nyudepthv2_root}", "data.batch_size=2", "data.num_workers=0",
+           "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]  # fmt: skip
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main(["--cfg", "nyudepthv2_baseline", "--out", str(run), "--set", *nyu,
+                           "trainer.max_steps=1", "trainer.limit_val_batches=1"]) == 0  # fmt: skip
+        args = ["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--cfg", "nyudepthv2_baseline",
+                "--set", *nyu]  # fmt: skip
+        assert evaluate_main([*args, "--out", str(tmp_path / "a"), "--inputs", "both"]) == 0
+        assert evaluate_main([*args, "--out", str(tmp_path / "b"), "--inputs", "both", "--flip",
+                              "--scales", "0.75", "1.0", "1.25", "--save-predictions"]) == 0  # fmt: skip
+    plain = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    tta = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert tta["protocol"]["scales"] == [0.75, 1.0, 1.25] and tta["protocol"]["flip"]
+    assert set(tta["both"]["per_image"]) == {"1", "8"}  # the two test images, whole
+    support = [c["Support"] for c in plain["both"]["per_class"].values()]
+    assert support == [c["Support"] for c in tta["both"]["per_class"].values()]
+    from rsfusion.data.natural.nyudepthv2 import NYUDepthV2
+
+    test = NYUDepthV2(nyudepthv2_root, "test", x="depth")
+    labelled = sum(int((test[i]["mask"] != 255).sum()) for i in range(len(test)))
+    assert sum(support) == labelled > 0  # every labelled pixel of the whole images, once
+    from PIL import Image
+
+    pred = Image.open(tmp_path / "b" / "predictions" / "1_classes.png")
+    assert pred.mode == "P" and pred.size == (56, 40)
+    assert (tmp_path / "b" / "overlays" / "1.png").is_file()

@@ -99,3 +99,18 @@ def test_bf16_mixed_precision_and_clipping_from_the_config(tmp_path, vaihingen_r
     assert ckpt["rsfusion"]["config"]["trainer"]["precision"] == "bf16-mixed"
     weights = [v for k, v in ckpt["state_dict"].items() if k.endswith("weight")]
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights)
+
+
+def test_a_malformed_natural_sample_is_an_error_naming_the_file(nyudepthv2_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "nyu"
+    shutil.copytree(nyudepthv2_root, root, ignore=shutil.ignore_patterns("data.py"))
+    broken = sorted((root / "Label").glob("*.png"))[0]
+    broken.write_bytes(b"not a png at all")
+    code = main(["--cfg", "nyudepthv2_baseline", "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={root}", "data.batch_size=1", "data.num_workers=0",
+                 "trainer.accelerator=cpu", "trainer.max_steps=3",
+                 "trainer.enable_progress_bar=false"])  # fmt: skip
+    assert code == 2
+    assert broken.name in capsys.readouterr().err

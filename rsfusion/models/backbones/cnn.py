@@ -28,7 +28,7 @@ whose forward is not its children in order is refused, not silently mis-split.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import timm
 import torch
@@ -97,6 +97,7 @@ class TimmCNNBackbone(Backbone):
     Stage-level hooks only: a stage's "blocks" are its children (``StageInfo.depth`` counts
     them) and intermediate children may change channels and resolution
     (:attr:`block_channels`). States are maps (B, C, H, W); :meth:`stage_output` returns the map.
+    Block adapters (:meth:`run_block_adapted`) act on a child's output map.
     Inputs are zero-padded right/bottom to a multiple of the largest reduction (:attr:`stride`),
     so stage ``i``'s map is exactly ``padded size / stages[i].reduction``; the engine crops back.
 
@@ -182,6 +183,25 @@ class TimmCNNBackbone(Backbone):
 
     def run_block(self, stage: int, index: int, state: StreamState) -> StreamState:
         return _map_state(self.blocks(stage)[index](state.data))
+
+    def run_block_adapted(
+        self,
+        stage: int,
+        index: int,
+        state: StreamState,
+        adapter: Callable[[Tensor], Tensor],
+    ) -> StreamState:
+        """One block with a parallel adapter: the CNN analogue of KTB's MAPA adaptation.
+
+        A CNN block has no attention / FFN split, so the closest analogue of "read after the
+        attention residual, add after the FFN residual" (METHODS.md section 1) is used: the
+        adapter reads the block's output map ``y`` as tokens (B, H*W, C) and its delta is added
+        to it, ``out = y + adapter(y)``. A zero adapter gives exactly :meth:`run_block`.
+        """
+        y = self.blocks(stage)[index](state.data)
+        b, c, h, w = y.shape
+        delta = adapter(y.flatten(2).transpose(1, 2))
+        return _map_state(y + delta.transpose(1, 2).reshape(b, c, h, w))
 
     def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
         return state.data

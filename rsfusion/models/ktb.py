@@ -1,0 +1,221 @@
+"""KTB, "Keep the Balance" (Cai et al., CVPR 2025) on the dual-stream engine (METHODS.md section 1).
+
+Recipe parts (ARCHITECTURE.md hook table, column KTB):
+
+* ``embed_x``: a trainable copy of the RGB patch embedding (a 1-channel X such as a DSM is
+  repeated to the 3 channels it expects, as MoBaNet does);
+* ``before_stage``: MAPA prompting, one :class:`CrossModalPrompt` per stage (ratio 1/8; the
+  module MoBaNet's CPIA uses with 1/4);
+* ``in_block``: MAPA adaptation, one modality-specific :class:`BottleneckAdapter` (C -> C/16,
+  ReLU, dropout .1, zero-initialised up-projection, scale 0.5) per block and stream, run through
+  :meth:`Backbone.run_block_adapted` (reads the tokens after the attention residual, its output
+  is added after the FFN residual);
+* ``after_stage``: one :class:`DSCF` per stage with :func:`dscf_stage_options`;
+* ``decode``: a fused SegFormer MLP head (512) on the DSCF pyramid and, in training only,
+  RGB-only and X-only SegFormer heads (256) on the single-modality stage maps, returned as
+  ``{"out", "aux": {"rgb", "x"}}`` for ``model.aux_loss.mode=self_teaching``.
+
+MMST whole-modality masking is the task's ``model.masking.mode=mmst`` (it zeroes the normalised
+inputs; the authors zero the token maps after the patch embedding, see
+:mod:`rsfusion.training.masking`). The frozen backbone stays in eval mode, so the paper's
+drop-path 0.3 is inactive here, as in every recipe on the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.base import ModelSpec
+from rsfusion.models.engine import DualStreamEngine, Recipe
+from rsfusion.models.fusion import DSCF, dscf_stage_options
+from rsfusion.models.heads import SegFormerHead
+from rsfusion.models.mobanet import _like, _tokens, build_backbone
+from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
+from rsfusion.registry import register_model
+
+__all__ = ["KTB", "block_channels", "fit_dscf_options", "paper_stage"]
+
+#: KTB's four paper stages (METHODS.md 1: DSCF strides, groups and heads are given per stage).
+PAPER_STAGES = 4
+
+
+def paper_stage(stage: int, num_stages: int) -> int:
+    """The paper's stage (0..3) whose DSCF settings engine stage ``stage`` takes.
+
+    Aligned at the deepest stage: a 4-stage backbone (Swin) maps 1:1; extra early stages (a
+    5-level CNN's stride-2 stage) take stage 1's settings [inf].
+    """
+    return max(0, stage - max(0, num_stages - PAPER_STAGES))
+
+
+def fit_dscf_options(options: dict[str, Any], dim: int, reduction: int) -> dict[str, Any]:
+    """``options`` with heads and groups lowered until they divide ``d = dim // reduction``.
+
+    Swin-B/L widths take the paper's values unchanged; widths that do not divide (CNN stages,
+    e.g. d = 14) get the largest heads <= the paper's dividing d and the largest groups <= the
+    paper's dividing both heads and d [inf].
+    """
+    d = dim // reduction
+    if d < 1:
+        raise ValueError(f"DSCF width {dim} // reduction {reduction} is 0: lower dscf_reduction")
+    heads = max(h for h in range(1, options["heads"] + 1) if d % h == 0)
+    groups = max(g for g in range(1, options["groups"] + 1) if heads % g == 0 and d % g == 0)
+    return {**options, "heads": heads, "groups": groups}
+
+
+def block_channels(backbone: Backbone) -> list[list[int]]:
+    """Output channels of every block, stage by stage (what each block adapter reads).
+
+    Constant-width stages (Swin, ViT) give the stage width; a CNN's stages may change width
+    block by block (``TimmCNNBackbone.block_channels``).
+    """
+    measured = getattr(backbone, "block_channels", None)
+    if measured is not None:
+        return [list(c) for c in measured]
+    return [[s.channels] * len(backbone.blocks(i)) for i, s in enumerate(backbone.stages)]
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f"image_size must be an int or [height, width], got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+class KTB(Recipe):
+    """KTB's trainable parts: X embedding, MAPA prompts and adapters, DSCF, three SegFormer heads.
+
+    Args:
+        backbone: the frozen backbone (stages give the widths; its blocks must support
+            :meth:`Backbone.run_block_adapted`: Swin, ViT, timm CNNs).
+        num_classes: output classes.
+        prompt_ratio: MAPA prompt bottleneck ratio r (1/8 in KTB).
+        adapter_reduction: adapter bottleneck reduction (C -> C/16).
+        adapter_dropout: dropout inside the adapters (.1).
+        adapter_scale: factor on the adapter output (0.5).
+        dscf_reduction: DSCF width reduction C -> d = C / 8.
+        image_size: training crop (int or [H, W]); sizes each DSCF bias table DAT-style to
+            (2h - 1, 2w - 1) for its stage map h x w of the padded crop (at least 2) [inf];
+            ``None``: DSCF's default table (any size runs either way: the table is sampled).
+        faithful: reproduce the authors' frozen identity LayerNorm at the end of each DSCF
+            (default: trained).
+        head_dim: fused SegFormer head width (512).
+        aux_head_dim: RGB-only and X-only SegFormer head width (256).
+        head_dropout: Dropout2d before each head's classifier.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        prompt_ratio: float = 1 / 8,
+        adapter_reduction: int = 16,
+        adapter_dropout: float = 0.1,
+        adapter_scale: float = 0.5,
+        dscf_reduction: int = 8,
+        image_size: int | Sequence[int] | None = None,
+        faithful: bool = False,
+        head_dim: int = 512,
+        aux_head_dim: int = 256,
+        head_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if type(backbone).run_block_adapted is Backbone.run_block_adapted:
+            raise ValueError(
+                f"KTB needs block adapters, which backbone {backbone.name} "
+                f"({type(backbone).__name__}) does not implement (run_block_adapted)"
+            )
+        dims = [s.channels for s in backbone.stages]
+        n = len(dims)
+        self.x_embed = copy.deepcopy(backbone.embedding()).requires_grad_(True)
+        self.prompts = nn.ModuleList(
+            CrossModalPrompt(c, prompt_ratio) for c in backbone.stage_input_channels()
+        )
+        widths = block_channels(backbone)
+        self.adapters = nn.ModuleDict(
+            {
+                m: nn.ModuleList(
+                    nn.ModuleList(
+                        BottleneckAdapter(
+                            c, adapter_reduction, adapter_dropout, scale=adapter_scale
+                        )
+                        for c in stage
+                    )
+                    for stage in widths
+                )
+                for m in ("rgb", "x")
+            }
+        )
+        crop = _pair(image_size) if image_size is not None else None
+        pad = int(getattr(backbone, "stride", 1))  # inputs are padded to this multiple
+        #: The DSCF keyword arguments of each stage (after fitting to the stage width).
+        self.dscf_options: list[dict[str, Any]] = []
+        for i, s in enumerate(backbone.stages):
+            size = None
+            if crop is not None:
+                size = tuple(math.ceil(v / pad) * pad // s.reduction for v in crop)
+            options = dscf_stage_options(paper_stage(i, n), size)
+            if "bias_table" in options:  # a 1x1 map still needs the table's minimum size 2
+                options["bias_table"] = tuple(max(2, t) for t in options["bias_table"])
+            self.dscf_options.append(fit_dscf_options(options, s.channels, dscf_reduction))
+        self.dscf = nn.ModuleList(
+            DSCF(c, dscf_reduction, faithful=faithful, **o) for c, o in zip(dims, self.dscf_options)
+        )
+        self.head = SegFormerHead(dims, head_dim, num_classes, head_dropout)
+        self.head_rgb = SegFormerHead(dims, aux_head_dim, num_classes, head_dropout)
+        self.head_x = SegFormerHead(dims, aux_head_dim, num_classes, head_dropout)
+
+    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
+        if x.shape[1] == 1:  # DSM / depth: repeated to the 3 channels of the copied embedding
+            x = x.expand(-1, 3, -1, -1)
+        return backbone.embed(x, self.x_embed)
+
+    def before_stage(
+        self, stage: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        """MAPA prompting on the patch tokens (maps are flattened to tokens and back)."""
+        pr, px = self.prompts[stage](_tokens(r.patches()), _tokens(x.patches()))
+        return r.with_patches(_like(pr, r.patches())), x.with_patches(_like(px, x.patches()))
+
+    def in_block(
+        self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
+    ) -> tuple[StreamState, StreamState]:
+        """MAPA adaptation: each stream's block with its own adapter."""
+        r = backbone.run_block_adapted(stage, index, r, self.adapters["rgb"][stage][index])
+        x = backbone.run_block_adapted(stage, index, x, self.adapters["x"][stage][index])
+        return r, x
+
+    def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor:
+        return self.dscf[stage](r, x)
+
+    def decode(
+        self, fused: list[Tensor], rgb: list[Tensor], x: list[Tensor], size: tuple[int, int]
+    ) -> Tensor | dict[str, Any]:
+        out = _resize(self.head(fused), size)
+        if not self.training:
+            return out
+        aux = {"rgb": _resize(self.head_rgb(rgb), size), "x": _resize(self.head_x(x), size)}
+        return {"out": out, "aux": aux}
+
+
+def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@register_model("ktb")
+def ktb(spec: ModelSpec) -> nn.Module:
+    """KTB on the dual-stream engine; recipe options from ``model.kwargs`` (see :class:`KTB`)."""
+    if spec.x_channels not in (1, 3):
+        raise ValueError(f"KTB takes a 1- or 3-channel X input, got {spec.x_channels}")
+    backbone = build_backbone(spec)
+    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
+    recipe = KTB(backbone, spec.num_classes, **options)
+    return DualStreamEngine(backbone, recipe)

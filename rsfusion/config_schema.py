@@ -111,6 +111,7 @@ class OptimConfig:
     momentum: float = 0.9
     scheduler: Literal["none", "poly", "cosine"] = "poly"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0
     total_steps: int | None = None
     layer_decay: float | None = None
     power: float = 0.9

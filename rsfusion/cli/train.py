@@ -85,6 +85,10 @@ def dry_run(cfg: ExperimentConfig) -> int:
     for name, child in model.named_children():
         total, trainable = count_parameters(child)
         print(f"{name:<40} {total:>14,} {trainable:>14,}")
+        if name == "recipe":  # a method's parts, one level down (engine models)
+            for part, module in child.named_children():
+                total, trainable = count_parameters(module)
+                print(f"  {part:<38} {total:>14,} {trainable:>14,}")
     total, trainable = count_parameters(model)
     print(f"params: total={total} trainable={trainable}")
     if cfg.data.root is not None:

@@ -77,12 +77,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """Factor on the base LR at each step: linear warmup, then poly or cosine to min_lr."""
+    """Factor on the base LR at each step: linear warmup from ``warmup_ratio`` (mmseg's
+    ``warmup_ratio``: KTB starts at 0.1 x lr) to 1, then poly or cosine to min_lr."""
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    start = cfg.warmup_ratio
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+            return start + (1 - start) * (step + 1) / cfg.warmup_steps
         if cfg.scheduler == "none":
             return 1.0
         span = max(total_steps - cfg.warmup_steps, 1)

@@ -33,6 +33,12 @@ def test_schedule_warms_up_then_decays_to_min_lr(scheduler):
     assert values[-1] == pytest.approx(1e-5 / 1e-3)
 
 
+def test_warmup_ratio_starts_from_a_fraction_of_the_lr():
+    f = lr_lambda(OptimConfig(lr=1e-3, warmup_steps=10, warmup_ratio=0.1), total_steps=100)
+    assert f(0) == pytest.approx(0.1 + 0.9 * 0.1) and f(9) == pytest.approx(1.0)
+    assert all(a < b for a, b in zip([f(s) for s in range(10)], [f(s) for s in range(1, 10)]))
+
+
 def test_layer_decay_scales_lr_by_depth_for_vit_and_staged_backbones():
     import timm
 

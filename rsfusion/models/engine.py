@@ -88,6 +88,22 @@ class DualStreamEngine(nn.Module):
         return _crop(out, height, width)
 
 
+def build_engine(spec: Any, recipe: type[Recipe], method: str) -> DualStreamEngine:
+    """A registered method's model: its backbone (``model.backbone``, weights loaded) and its
+    recipe built from ``model.kwargs`` (minus ``backbone_kwargs``), on the engine.
+
+    X inputs of 1 channel (DSM) or 3 (depth/thermal/... encoded to 3) fit the copied RGB patch
+    embedding; others are refused.
+    """
+    from rsfusion.models.backbones.factory import build_backbone
+
+    if spec.x_channels not in (1, 3):
+        raise ValueError(f"{method} takes a 1- or 3-channel X input, got {spec.x_channels}")
+    backbone = build_backbone(spec)
+    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
+    return DualStreamEngine(backbone, recipe(backbone, spec.num_classes, **options))
+
+
 def _padded_size(rgb: Tensor, first: Tensor, backbone: Backbone) -> tuple[int, int]:
     reduction = backbone.stages[0].reduction
     return first.shape[-2] * reduction, first.shape[-1] * reduction

@@ -31,12 +31,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.engine import DualStreamEngine, Recipe
+from rsfusion.models.engine import Recipe, build_engine
 from rsfusion.models.fusion import DSCF, dscf_stage_options
 from rsfusion.models.heads import SegFormerHead
-from rsfusion.models.mobanet import _like, _tokens, build_backbone
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
 from rsfusion.registry import register_model
 
@@ -182,8 +181,10 @@ class KTB(Recipe):
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         """MAPA prompting on the patch tokens (maps are flattened to tokens and back)."""
-        pr, px = self.prompts[stage](_tokens(r.patches()), _tokens(x.patches()))
-        return r.with_patches(_like(pr, r.patches())), x.with_patches(_like(px, x.patches()))
+        pr, px = self.prompts[stage](as_tokens(r.patches()), as_tokens(x.patches()))
+        return r.with_patches(tokens_like(pr, r.patches())), x.with_patches(
+            tokens_like(px, x.patches())
+        )
 
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
@@ -213,9 +214,4 @@ def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
 @register_model("ktb")
 def ktb(spec: ModelSpec) -> nn.Module:
     """KTB on the dual-stream engine; recipe options from ``model.kwargs`` (see :class:`KTB`)."""
-    if spec.x_channels not in (1, 3):
-        raise ValueError(f"KTB takes a 1- or 3-channel X input, got {spec.x_channels}")
-    backbone = build_backbone(spec)
-    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
-    recipe = KTB(backbone, spec.num_classes, **options)
-    return DualStreamEngine(backbone, recipe)
+    return build_engine(spec, KTB, "KTB")

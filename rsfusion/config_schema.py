@@ -76,6 +76,7 @@ class MaskingSection:
     fraction: float = 0.25
     area: list[float] = field(default_factory=lambda: [0.1, 0.3])
     aspect: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    where: Literal["input", "tokens"] = "input"
 
 
 @dataclass

@@ -66,12 +66,24 @@ class DualStreamEngine(nn.Module):
         self.backbone = backbone
         self.recipe = recipe
 
-    def forward(self, rgb: Tensor, x: Tensor | None = None) -> Tensor | dict[str, Any]:
+    #: the task may hand :meth:`forward` a per-sample ``token_drop`` (KTB's MMST on tokens)
+    masks_tokens = True
+
+    def forward(
+        self, rgb: Tensor, x: Tensor | None = None, token_drop: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor | dict[str, Any]:
+        """Logits (or ``{"out", "aux"}`` in training) for ``rgb`` and ``x`` (B, C, H, W).
+
+        ``token_drop``: per-sample booleans (B,) for RGB and X; those samples' whole token maps
+        are zeroed right after patch embedding (KTB's MMST, METHODS.md section 1).
+        """
         if x is None:
             raise ValueError("the dual-stream engine needs the X input (image_x)")
         height, width = rgb.shape[-2:]
         r = self.backbone.embed(rgb)
         s = self.recipe.embed_x(self.backbone, x)
+        if token_drop is not None:
+            r, s = _drop(r, token_drop[0]), _drop(s, token_drop[1])
         fused, rgb_maps, x_maps = [], [], []
         for i in range(len(self.backbone.stages)):
             r, s = self.recipe.before_stage(i, r, s)
@@ -102,6 +114,15 @@ def build_engine(spec: Any, recipe: type[Recipe], method: str) -> DualStreamEngi
     backbone = build_backbone(spec)
     options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
     return DualStreamEngine(backbone, recipe(backbone, spec.num_classes, **options))
+
+
+def _drop(state: StreamState, selected: Tensor) -> StreamState:
+    """Zero the patch tokens (or the map) of the selected samples; prefix tokens stay."""
+    if not bool(selected.any()):
+        return state
+    patches = state.patches()
+    keep = ~selected.to(patches.device).view(-1, *([1] * (patches.ndim - 1)))
+    return state.with_patches(patches * keep)
 
 
 def _padded_size(rgb: Tensor, first: Tensor, backbone: Backbone) -> tuple[int, int]:

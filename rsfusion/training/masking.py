@@ -60,12 +60,16 @@ class MaskingConfig:
         fraction: share of the batch masked (MCRM: in total; MMST: per modality).
         area: MCRM rectangle area as a fraction of the map, drawn uniformly in this range.
         aspect: MCRM rectangle width / height, drawn log-uniformly in this range.
+        where: ``"input"`` zeroes the normalised inputs (MoBaNet); ``"tokens"`` zeroes the token
+            maps right after patch embedding (KTB's MMST), in models that accept a masking draw
+            (the dual-stream engine); others fall back to the inputs.
     """
 
     mode: MaskingMode = "none"
     fraction: float = 0.25
     area: tuple[float, float] = (0.1, 0.3)
     aspect: tuple[float, float] = (0.5, 2.0)
+    where: Literal["input", "tokens"] = "input"
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -76,6 +80,10 @@ class MaskingConfig:
         self.aspect = _range(self.aspect, "aspect")
         if self.area[1] > 1.0:
             raise ValueError(f"masking area must lie in (0, 1], got {self.area}")
+        if self.where not in ("input", "tokens"):
+            raise ValueError(f"masking where must be 'input' or 'tokens', got {self.where!r}")
+        if self.where == "tokens" and self.mode == "mcrm":
+            raise ValueError("masking where='tokens' is for whole-modality mmst; mcrm is 'input'")
 
 
 def _range(value: tuple[float, float] | list[float], name: str) -> tuple[float, float]:

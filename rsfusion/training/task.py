@@ -69,7 +69,11 @@ class SegmentationTask(LightningModule):
             {s: MulticlassConfusionMatrix(k, ignore_index=ignore_index) for s in ("val", "test")}
         )
 
-    def forward(self, rgb: Tensor, x: Tensor | None = None) -> Tensor | dict[str, Any]:
+    def forward(
+        self, rgb: Tensor, x: Tensor | None = None, token_drop: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor | dict[str, Any]:
+        if token_drop is not None:
+            return self.model(rgb, x, token_drop=token_drop)
         return self.model(rgb, x)
 
     @staticmethod
@@ -87,8 +91,15 @@ class SegmentationTask(LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         n = batch["mask"].shape[0]
-        rgb, x, _ = self.masking(batch["image"], batch.get("image_x"))
-        out = self(rgb, x)
+        rgb, x = batch["image"], batch.get("image_x")
+        cfg = self.masking.cfg
+        if cfg.where == "tokens" and getattr(self.model, "masks_tokens", False):
+            # KTB's MMST: the draw is made here, the zeros land on the tokens after embedding
+            info = self.masking.draw(n, *rgb.shape[-2:]) if x is not None else None
+            out = self(rgb, x, token_drop=None if info is None else (info.rgb, info.x))
+        else:
+            rgb, x, _ = self.masking(rgb, x)
+            out = self(rgb, x)
         if self.aux_loss is None:
             loss = self.criterion(self.logits(out), batch["mask"])
         else:

@@ -112,3 +112,61 @@ def test_freezing_is_explicit_frozen_identical_trainable_moved():
 )
 def test_default_taps_follow_the_paper(depth, taps):
     assert default_taps(depth) == taps
+
+
+class Peek(Recording):
+    """Records the patch tokens entering stage 0."""
+
+    def before_stage(self, stage, r, x):
+        if stage == 0:
+            self.tokens = (r.data.clone(), x.data.clone(), r.prefix)
+        return r, x
+
+
+def test_token_drop_zeroes_whole_token_maps_after_embedding():
+    backbone = tiny_vit()
+    engine = DualStreamEngine(backbone, Peek(32)).eval()
+    rgb, x = torch.randn(3, 3, 28, 28), torch.randn(3, 3, 28, 28)
+    drop = (torch.tensor([True, False, False]), torch.tensor([False, False, True]))
+    engine(rgb, x, token_drop=drop)
+    r, s, prefix = engine.recipe.tokens
+    assert r[0, prefix:].eq(0).all() and s[2, prefix:].eq(0).all()  # whole maps zeroed
+    assert r[0, :prefix].abs().sum() > 0  # the class token stays
+    assert r[1:, prefix:].abs().sum() > 0 and s[:2, prefix:].abs().sum() > 0
+    # an input of zeros is not the same: it embeds to the patch bias plus position embedding
+    engine(torch.zeros_like(rgb), x)
+    assert engine.recipe.tokens[0][0, prefix:].abs().sum() > 0
+
+
+def test_the_task_hands_mmst_on_tokens_to_the_engine(monkeypatch):
+    from rsfusion.training.task import SegmentationTask
+
+    task = SegmentationTask(
+        model={"name": "mobanet", "num_classes": 2, "rgb_channels": 3, "x_channels": 1,
+               "backbone": "vit_small_patch14_dinov2",
+               "kwargs": {"backbone_kwargs": TINY, "proj_dim": 8, "head_channels": 8}},
+        optim={}, ignore_index=255, metric_classes=[0, 1], class_names=["a", "b"], meta={},
+        masking={"mode": "mmst", "fraction": 0.5, "where": "tokens"},
+    )  # fmt: skip
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        masks_tokens = True
+
+        def forward(self, rgb, x=None, token_drop=None):
+            seen.update(rgb=rgb, token_drop=token_drop)
+            return torch.zeros(rgb.shape[0], 2, *rgb.shape[-2:], requires_grad=True)
+
+    task.model = Spy()
+    monkeypatch.setattr(SegmentationTask, "log", lambda *a, **k: None)
+    rgb = torch.randn(4, 3, 28, 28) + 5
+    batch = {
+        "image": rgb,
+        "image_x": torch.randn(4, 1, 28, 28),
+        "mask": torch.zeros(4, 28, 28).long(),
+    }
+    task.train()
+    task.training_step(batch, 0)
+    r_drop, x_drop = seen["token_drop"]
+    assert int(r_drop.sum()) == 2 and int(x_drop.sum()) == 2 and not (r_drop & x_drop).any()
+    assert torch.equal(seen["rgb"], rgb)  # the inputs themselves are not zeroed

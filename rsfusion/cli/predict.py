@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import rasterio
+
 from rsfusion.inference.folder import (
     Pair,
     PairingError,
@@ -123,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             for name, path in written.items():
                 print(f"{name}: {path}")
-            print(f"{tag}{stem}: {seconds:.1f} s", file=sys.stderr)
+            with rasterio.open(written["classes"]) as done:
+                mpix = done.width * done.height / 1e6
+            print(f"{tag}{stem}: {mpix:.1f} MPix in {seconds:.1f} s, {mpix / seconds:.2f} MPix/s",
+                  file=sys.stderr)  # fmt: skip
     except (PredictionError, PairingError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -214,10 +214,10 @@ def test_folder_run_resumes_and_shards(ckpt, vaihingen_root, tmp_path, capsys, m
     args = ["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(x), "--out", str(out),
             "--window", "32", "--readers", "2"]  # fmt: skip
     assert predict_main(args) == 0
+    assert capsys.readouterr().err.count("MPix/s") == 2  # one speed line per raster
     done = sorted(p.name for p in out.iterdir())
     assert done == ["top_mosaic_09cm_area2_classes.tif", "top_mosaic_09cm_area4_classes.tif"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    capsys.readouterr()
     assert predict_main(args) == 0  # a rerun skips what is complete
     assert capsys.readouterr().err.count("outputs complete, skipped") == 2
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,10 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
 from rsfusion.data.natural.base import NaturalRGBXDataset
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
 EVENT_BANDS = ["count_pos", "count_neg", "mean_t_pos", "mean_t_neg", "std_t_pos", "std_t_neg"]
@@ -102,27 +101,15 @@ def test_batches_augment_and_dry_run(ddd17_root, capsys):
     assert set(out["mask"].unique().tolist()) <= {255, *range(6)}
     meta = dm.describe()
     assert meta["rgb_modality"] == "grey" and meta["x_bands"] == EVENT_BANDS
-    assert main(["--cfg", "ddd17_baseline", "--dry-run", "--set", f"data.root={ddd17_root}"]) == 0
-    out = capsys.readouterr().out
+    out = dry_run_report("ddd17_baseline", ddd17_root, capsys)
     assert "data train: 3 samples ('train' of preset 'official') (the release has 15950)" in out
     assert "data val: 2 samples ('test'" in out and "missing" not in out
 
 
-def test_one_training_step(ddd17_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "ddd17_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={ddd17_root}", *TINY, "trainer.max_steps=1",
-             "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-             "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+def test_one_training_step(ddd17_root, tmp_path):
+    ckpt = train_one_step(
+        "ddd17_baseline", ddd17_root, tmp_path / "run", *TINY, "trainer.limit_val_batches=0"
     )
-    assert ckpt["global_step"] == 1
     meta = ckpt["rsfusion"]
     assert meta["card"] == "ddd17" and meta["x_encoding"] == "evsegnet6"
     assert meta["model"]["x_channels"] == 6 and meta["model"]["num_classes"] == 6

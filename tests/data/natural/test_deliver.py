@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.base import decode_index_labels
 from rsfusion.data.natural.deliver import DELIVER, pattern_regex, resize_nearest
 from rsfusion.data.natural.readers import SampleFormatError
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
 SPLITS = {
@@ -138,10 +138,8 @@ def test_batches_are_cpu_crops_that_augment(root):
 
 def test_dry_run_for_each_x_modality(root, capsys):
     for x in ("depth", "hha", "lidar", "event"):
-        code = main(["--cfg", "deliver_baseline", "--dry-run", "--set", f"data.root={root}",
-                     f"data.x={x}"])  # fmt: skip
-        out = capsys.readouterr().out
-        assert code == 0 and "missing" not in out
+        out = dry_run_report("deliver_baseline", root, capsys, f"data.x={x}")
+        assert "missing" not in out
         assert "data train: 2 samples ('train' of preset 'official') (the release has 3983)" in out
     # the fixture has night frames for training only: a night run has nothing to validate on
     assert main(["--cfg", "deliver_baseline", "--dry-run", "--set", f"data.root={root}",
@@ -149,20 +147,8 @@ def test_dry_run_for_each_x_modality(root, capsys):
     assert "no complete val sample" in capsys.readouterr().err
 
 
-def test_one_training_step(root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "deliver_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={root}", *TINY, "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
-    meta = ckpt["rsfusion"]
-    assert ckpt["global_step"] == 1 and meta["card"] == "deliver"
+def test_one_training_step(root, tmp_path):
+    meta = train_one_step("deliver_baseline", root, tmp_path / "run", *TINY)["rsfusion"]
+    assert meta["card"] == "deliver"
     assert meta["x_modality"] == "depth" and meta["x_encoding"] == "repeat3"
     assert meta["model"]["x_channels"] == 3 and meta["model"]["num_classes"] == 25

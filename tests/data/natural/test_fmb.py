@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.base import dataset_class_for
 from rsfusion.data.natural.fmb import FMB
 from rsfusion.data.natural.readers import SampleFormatError
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
 
@@ -111,27 +110,15 @@ def test_batches_augment_and_dry_run(fmb_root, capsys):
     out = dm.train_aug(batch)
     assert out["image_x"].shape == (2, 3, 32, 32)
     assert set(out["mask"].unique().tolist()) <= {255, *range(15)}
-    assert main(["--cfg", "fmb_baseline", "--dry-run", "--set", f"data.root={fmb_root}"]) == 0
-    out = capsys.readouterr().out
+    out = dry_run_report("fmb_baseline", fmb_root, capsys)
     assert "data train: 3 samples ('train' of preset 'official') (the release has 1220)" in out
     assert "data val: 2 samples ('test' of preset 'official') (the release has 280)" in out
 
 
-def test_one_training_step(fmb_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "fmb_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={fmb_root}", *TINY, "trainer.max_steps=1",
-             "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-             "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+def test_one_training_step(fmb_root, tmp_path):
+    ckpt = train_one_step(
+        "fmb_baseline", fmb_root, tmp_path / "run", *TINY, "trainer.limit_val_batches=0"
     )
-    assert ckpt["global_step"] == 1
     meta = ckpt["rsfusion"]
     assert meta["card"] == "fmb" and meta["x_bands"] == ["thermal"] * 3
     assert meta["model"]["num_classes"] == 15 and meta["classes"][0] == "unlabelled"

@@ -4,7 +4,6 @@ border, DoLP/NIR encodings, one training step."""
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,11 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.mcubes import MCubeS
 from rsfusion.data.natural.readers import SampleFileError
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
 TRAIN = ["outscene1208_2_0000000150", "outscene1208_2_0000000180"]
@@ -124,25 +123,14 @@ def test_batches_augment_and_dry_run_for_each_x(root, capsys):
     assert set(out["mask"].unique().tolist()) <= {255, *range(20)}
     assert abs(float(out["image"].mean())) < 3
     for x in ("aolp", "dolp", "nir"):
-        code = main(["--cfg", "mcubes_baseline", "--dry-run", "--set", f"data.root={root}",
-                     f"data.x={x}"])  # fmt: skip
-        out = capsys.readouterr().out
-        assert code == 0 and "missing" not in out and "(the release has 302)" in out
+        out = dry_run_report("mcubes_baseline", root, capsys, f"data.x={x}")
+        assert "missing" not in out and "(the release has 302)" in out
 
 
-def test_one_training_step(root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "mcubes_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={root}", *TINY, "data.x_encoding=sincos", "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+def test_one_training_step(root, tmp_path):
+    ckpt = train_one_step(
+        "mcubes_baseline", root, tmp_path / "run", *TINY, "data.x_encoding=sincos"
     )
     meta = ckpt["rsfusion"]
-    assert ckpt["global_step"] == 1 and meta["x_bands"] == ["aolp_sin", "aolp_cos"]
+    assert meta["x_bands"] == ["aolp_sin", "aolp_cos"]
     assert meta["model"]["x_channels"] == 2 and meta["model"]["num_classes"] == 20

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
 from rsfusion.data.natural.base import NaturalRGBXDataset
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
 
@@ -131,32 +130,16 @@ def test_condition_from_the_config(mfnet_root):
 
 
 def test_dry_run_names_presets(mfnet_root, capsys):
-    assert main(["--cfg", "mfnet_baseline", "--dry-run", "--set", f"data.root={mfnet_root}"]) == 0
-    out = capsys.readouterr().out
+    out = dry_run_report("mfnet_baseline", mfnet_root, capsys)
     assert "data train: 2 samples ('train' of preset 'official') (the release has 784)" in out
     assert "data val: 2 samples ('val' of preset 'official') (the release has 392)" in out
     assert "missing" not in out
-    args = ["--cfg", "mfnet_baseline", "--dry-run", "--set", f"data.root={mfnet_root}"]
-    assert main([*args, "data.split=test_night"]) == 0
-    assert "data test: 1 samples ('test' of preset 'test_night') (the release has 188)" in (
-        capsys.readouterr().out
-    )
+    night = dry_run_report("mfnet_baseline", mfnet_root, capsys, "data.split=test_night")
+    assert "data test: 1 samples ('test' of preset 'test_night') (the release has 188)" in night
 
 
-def test_one_training_step_scores_all_nine_classes(mfnet_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "mfnet_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={mfnet_root}", *TINY, "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert ckpt["global_step"] == 1
+def test_one_training_step_scores_all_nine_classes(mfnet_root, tmp_path):
+    ckpt = train_one_step("mfnet_baseline", mfnet_root, tmp_path / "run", *TINY)
     meta = ckpt["rsfusion"]
     assert meta["card"] == "mfnet" and meta["x_modality"] == "thermal"
     assert meta["model"]["x_channels"] == 3 and meta["model"]["num_classes"] == 9

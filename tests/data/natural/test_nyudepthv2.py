@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -11,11 +10,11 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
 from rsfusion.data.natural.datamodule import NaturalDataModule
 from rsfusion.data.natural.nyudepthv2 import NYUDepthV2
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
 
@@ -104,29 +103,13 @@ def test_describe_has_the_isprs_keys_and_the_encoded_bands(datamodule, vaihingen
 
 
 def test_dry_run_reports_samples_per_split(nyudepthv2_root, capsys):
-    code = main(
-        ["--cfg", "nyudepthv2_baseline", "--dry-run", "--set", f"data.root={nyudepthv2_root}"]
-    )
-    out = capsys.readouterr().out
-    assert code == 0
+    out = dry_run_report("nyudepthv2_baseline", nyudepthv2_root, capsys)
     assert "data train: 3 samples ('train' of preset 'official') (the release has 795)" in out
     assert "data val: 2 samples ('test'" in out and "missing" not in out
 
 
-def test_one_training_step_writes_a_checkpoint(nyudepthv2_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "nyudepthv2_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={nyudepthv2_root}", *TINY, "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert ckpt["global_step"] == 1
+def test_one_training_step_writes_a_checkpoint(nyudepthv2_root, tmp_path):
+    ckpt = train_one_step("nyudepthv2_baseline", nyudepthv2_root, tmp_path / "run", *TINY)
     meta = ckpt["rsfusion"]
     assert meta["card"] == "nyudepthv2" and meta["x_bands"] == ["depth"] * 3
     assert meta["model"]["x_channels"] == 3 and meta["model"]["num_classes"] == 40

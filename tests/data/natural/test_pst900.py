@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,10 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
 from rsfusion.data.natural.base import NaturalRGBXDataset
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "data.crop=[16,32]"]
 TRAIN = [
@@ -110,27 +109,16 @@ def test_training_batches_are_cpu_crops(pst900_root):
     assert dm.describe()["crop"] == [16, 32] and dm.describe()["x_encoding"] == "unit3"
 
 
-def test_dry_run_and_one_training_step(pst900_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    args = ["--cfg", "pst900_baseline", "--dry-run", "--set", f"data.root={pst900_root}"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+def test_dry_run_and_one_training_step(pst900_root, tmp_path, capsys):
+    out = dry_run_report("pst900_baseline", pst900_root, capsys)
     assert "data train: 3 samples ('train' of preset 'official') (the release has 597)" in out
     assert "data test: 2 samples" in out and "missing" not in out
-    assert main([*args, "data.x=depth", "data.x_encoding=metres3"]) == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "pst900_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={pst900_root}", *TINY, "trainer.max_steps=1",
-             "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-             "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    dry_run_report(
+        "pst900_baseline", pst900_root, capsys, "data.x=depth", "data.x_encoding=metres3"
     )
-    assert ckpt["global_step"] == 1
+    ckpt = train_one_step(
+        "pst900_baseline", pst900_root, tmp_path / "run", *TINY, "trainer.limit_val_batches=0"
+    )
     meta = ckpt["rsfusion"]
     assert meta["card"] == "pst900" and meta["crop"] == [16, 32]
     assert meta["model"]["num_classes"] == 5 and meta["x_bands"] == ["thermal"] * 3

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from PIL import Image
@@ -13,6 +11,7 @@ from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.sunrgbd import SUNRGBD
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = [
     "data.batch_size=2",
@@ -67,27 +66,14 @@ def test_training_batches_are_cpu_crops_eval_batches_padded(sunrgbd_root):
     assert int((val[0]["mask"] != 255).sum()) <= 48 * 40
 
 
-def test_dry_run_and_one_training_step(sunrgbd_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert (
-        main(["--cfg", "sunrgbd_baseline", "--dry-run", "--set", f"data.root={sunrgbd_root}"]) == 0
-    )
-    out = capsys.readouterr().out
+def test_dry_run_and_one_training_step(sunrgbd_root, tmp_path, capsys):
+    out = dry_run_report("sunrgbd_baseline", sunrgbd_root, capsys)
     assert "data train: 3 samples" in out and "(the release has 5285)" in out
     assert "data test: 2 samples" in out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "sunrgbd_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={sunrgbd_root}", *TINY, "trainer.max_steps=1",
-             "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-             "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    ckpt = train_one_step(
+        "sunrgbd_baseline", sunrgbd_root, tmp_path / "run", *TINY, "trainer.limit_val_batches=0"
     )
-    assert ckpt["global_step"] == 1 and ckpt["rsfusion"]["crop"] == [32, 32]
+    assert ckpt["rsfusion"]["crop"] == [32, 32]
     assert ckpt["rsfusion"]["classes"][-1] == "bag"
 
 

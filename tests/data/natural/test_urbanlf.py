@@ -4,7 +4,6 @@ view, labels from label.npy / 5_5_label.npy, per-sample CPU crops of unequal siz
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,10 @@ import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.base import NaturalRGBXDataset
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
 REAL, SYN = "UrbanLF_Real/train/Image17", "UrbanLF_Syn/train/Image3"
@@ -109,24 +108,10 @@ def test_unequal_sizes_are_cropped_per_sample_before_batching(unequal):
     assert (out["mask"] != 255).any()
 
 
-def test_dry_run_and_one_training_step(root, tmp_path, monkeypatch, capsys):
+def test_dry_run_and_one_training_step(root, tmp_path, capsys):
     for x in ("view_1_1", "view_9_5"):
-        code = main(["--cfg", "urbanlf_baseline", "--dry-run", "--set", f"data.root={root}",
-                     f"data.x={x}"])  # fmt: skip
-        out = capsys.readouterr().out
-        assert code == 0 and "missing" not in out and "(the release has 752)" in out
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "urbanlf_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={root}", *TINY, "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
-    meta = ckpt["rsfusion"]
-    assert ckpt["global_step"] == 1 and meta["x_modality"] == "view_1_1"
+        out = dry_run_report("urbanlf_baseline", root, capsys, f"data.x={x}")
+        assert "missing" not in out and "(the release has 752)" in out
+    meta = train_one_step("urbanlf_baseline", root, tmp_path / "run", *TINY)["rsfusion"]
+    assert meta["x_modality"] == "view_1_1"
     assert meta["crop"] == [32, 32] and meta["model"]["num_classes"] == 14

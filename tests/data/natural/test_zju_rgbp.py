@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
-from rsfusion.cli.train import main
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.labels import LabelColourError
 from rsfusion.data.natural.zju_rgbp import ZJURGBP
+from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
 # the generator's stored colours, file class 0 (unlabelled, black) .. 8
@@ -79,7 +77,7 @@ def test_damaged_label_colour_names_the_file(root, tmp_path):
         ZJURGBP(copy, "train", x="aolp")[1]
 
 
-def test_batches_augment_dry_run_and_one_training_step(root, tmp_path, monkeypatch, capsys):
+def test_batches_augment_dry_run_and_one_training_step(root, tmp_path, capsys):
     cfg = load_config("zju_rgbp_baseline", [f"data.root={root}", *TINY])
     dm = make_datamodule(cfg.data, seed=0)
     dm.setup("fit")
@@ -87,21 +85,9 @@ def test_batches_augment_dry_run_and_one_training_step(root, tmp_path, monkeypat
     assert batch["image"].shape == (2, 3, 32, 32) and batch["image_x"].shape == (2, 3, 32, 32)
     out = dm.train_aug(batch)
     assert set(out["mask"].unique().tolist()) <= {255, *range(8)}
-    assert main(["--cfg", "zju_rgbp_baseline", "--dry-run", "--set", f"data.root={root}"]) == 0
-    report = capsys.readouterr().out
+    report = dry_run_report("zju_rgbp_baseline", root, capsys)
     assert "data val: 2 samples ('val'" in report and "data test: 2 samples ('test'" in report
     assert "missing" not in report
-    monkeypatch.chdir(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(
-            ["--cfg", "zju_rgbp_baseline", "--out", str(tmp_path / "run"), "--set",
-             f"data.root={root}", *TINY, "trainer.max_steps=1",
-             "trainer.enable_progress_bar=false", "optim.warmup_steps=0"]
-        )  # fmt: skip
-    assert code == 0
-    ckpt = torch.load(
-        tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert ckpt["global_step"] == 1 and ckpt["rsfusion"]["classes"][1] == "glass"
+    ckpt = train_one_step("zju_rgbp_baseline", root, tmp_path / "run", *TINY)
+    assert ckpt["rsfusion"]["classes"][1] == "glass"
     assert ckpt["rsfusion"]["model"]["num_classes"] == 8

@@ -272,10 +272,12 @@ def _write_rows(blocks: Iterator, writers: dict, src: Any, nodata: int) -> None:
     for row, logits, _ in blocks:
         n = logits.shape[1]
         valid = src.read_masks(1, window=Window(0, row, src.width, n)) > 0
-        exp = np.exp(logits - logits.max(0, keepdims=True))
-        probs = exp / exp.sum(0, keepdims=True)
         classes = np.where(valid, logits.argmax(0), nodata)
         writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
+        if "probs" not in writers and "confidence" not in writers:
+            continue  # the softmax costs as much as the rest of the row band
+        exp = np.exp(logits - logits.max(0, keepdims=True))
+        probs = exp / exp.sum(0, keepdims=True)
         if "probs" in writers:
             writers["probs"].write_rows(row, np.rint(probs * 255).astype(np.uint8))
         if "confidence" in writers:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -59,14 +59,27 @@ def open_pair(spec: PairSpec) -> Iterator[tuple[Any, Any]]:
         yield src, xsrc
 
 
-def read_window(src: Any, win: Window, size: int, fill: float = 0.0) -> np.ndarray:
+def has_mask(src: Any) -> bool:
+    """Whether a dataset has nodata or a mask (else every pixel is valid: no mask to read)."""
+    if src.nodata is not None:
+        return True
+    return any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
+
+
+def read_window(
+    src: Any, win: Window, size: int, fill: float = 0.0, masked: bool | None = None
+) -> np.ndarray:
     """A window as float32 (bands, size, size); nodata and outside pixels set to ``fill``.
 
     As in training: RGB pads with pixel value 0 before normalisation; X reads nodata and
-    padding as NaN, which becomes 0 after normalisation.
+    padding as NaN, which becomes 0 after normalisation. ``masked`` (default: looked up with
+    :func:`has_mask`) says whether the dataset's mask must be read.
     """
+    masked = has_mask(src) if masked is None else masked
     inside = win.intersection(Window(0, 0, src.width, src.height))
-    data = src.read(window=inside, masked=True).astype(np.float32)
+    if inside == win and win.height == win.width == size and not masked:
+        return src.read(window=win, out_dtype="float32")  # the common case: one read, no copy
+    data = src.read(window=inside, masked=masked).astype(np.float32)
     data = data.filled(fill) if np.ma.isMaskedArray(data) else data
     out = np.full((data.shape[0], size, size), fill, dtype=np.float32)
     r, c = int(inside.row_off - win.row_off), int(inside.col_off - win.col_off)
@@ -74,18 +87,55 @@ def read_window(src: Any, win: Window, size: int, fill: float = 0.0) -> np.ndarr
     return out
 
 
+def read_windows(
+    src: Any,
+    wins: Sequence[Window],
+    size: int,
+    fill: float = 0.0,
+    masked: bool = False,
+    offset: np.ndarray | float = 0.0,
+    scale: np.ndarray | float = 1.0,
+) -> np.ndarray:
+    """Windows as one normalised float32 array (B, bands, size, size): ``(v - offset) / scale``
+    of :func:`read_window` each.
+
+    Windows inside the raster that share a row offset (a batch walks along a row of the plan)
+    are read as one strip in the file's own dtype, so the pixels neighbouring windows share are
+    decoded once, and converted while they are sliced; the others (raster border, smaller
+    rasters, masked data) are read one by one.
+    """
+    out = np.empty((len(wins), src.count, size, size), np.float32)
+    full = Window(0, 0, src.width, src.height)
+    rows: dict[int, list[int]] = {}
+    for i, w in enumerate(wins):
+        if not masked and w.height == w.width == size and w.intersection(full) == w:
+            rows.setdefault(int(w.row_off), []).append(i)
+        else:
+            np.subtract(read_window(src, w, size, fill, masked), offset, out=out[i])
+    for row, idx in rows.items():
+        left = min(int(wins[i].col_off) for i in idx)
+        right = max(int(wins[i].col_off) + size for i in idx)
+        data = src.read(window=Window(left, row, right - left, size))
+        for i in idx:
+            c = int(wins[i].col_off) - left
+            np.subtract(data[:, :, c : c + size], offset, out=out[i], casting="unsafe")
+    out /= scale
+    return out
+
+
 def read_batch(
     handles: tuple[Any, Any], spec: PairSpec, wins: Sequence[Window], size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalised RGB (B, C, size, size) and X (B, Cx, size, size) arrays of some windows."""
+    """Normalised RGB (B, C, size, size) and X (B, Cx, size, size) float32 arrays of windows."""
     src, xsrc = handles
-    rgb = np.stack([(read_window(src, w, size) - spec.rgb_mean) / spec.rgb_std for w in wins])
+    rgb = read_windows(src, wins, size, 0.0, has_mask(src), spec.rgb_mean, spec.rgb_std)
     if xsrc is None:
-        return rgb.astype(np.float32, copy=False), None
-    xs = np.stack(
-        [(read_window(xsrc, w, size, np.nan) - spec.x_offset) / spec.x_scale for w in wins]
-    )
-    return rgb.astype(np.float32, copy=False), np.nan_to_num(xs, nan=0.0).astype(np.float32)
+        return rgb, None
+    xs = read_windows(
+        xsrc, wins, size, np.nan, has_mask(xsrc), np.float32(spec.x_offset),
+        np.float32(spec.x_scale),
+    )  # fmt: skip
+    return rgb, np.nan_to_num(xs, nan=0.0, copy=False)
 
 
 class WindowReader:

@@ -224,6 +224,7 @@ def test_ktb_configs_hold_the_paper_recipe(name):
         assert m.backbone == "tf_efficientnet_lite0" and m.weights == LITE0_WEIGHTS
         assert kw["image_size"] == cfg.data.window
         return
+    assert m.masking.where == "tokens"  # MMST after patch embedding, as the authors do
     large = name.endswith("_l")
     assert m.backbone == f"swin_{'large' if large else 'base'}_patch4_window12_384"
     assert m.weights == f"{m.backbone}.ms_in22k"

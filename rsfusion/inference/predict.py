@@ -215,14 +215,11 @@ def predict_pair(
                 for name, (count, dt, nd) in outputs.items()
             }  # fmt: skip
             bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
+            weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
             for batch, rgb_b, x_b in reader:
                 logits = runner(rgb_b, x_b)
                 for wn, lg in zip(batch, logits):
-                    weights = (
-                        np.ones((window, window), np.float32) if base_weights is None
-                        else edge_aware(base_weights, wn, h, w)
-                    )  # fmt: skip
-                    acc.add(wn, lg, weights)
+                    acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
                 next_row = _next_row(wins, batch[-1])
                 _write_rows(acc.flush(min(next_row, h)), writers, src, nodata)
                 bar.update(len(batch) / len(wins) * h * w / 1e6)
@@ -255,6 +252,25 @@ def _progress(opts: PredictOptions, stem: str, mpix: float, runner: ModelRunner)
         "[{elapsed}<{remaining}, {rate_fmt}]",
         postfix=None,
     )  # fmt: skip
+
+
+def _weights(
+    cache: dict[tuple[bool, ...], np.ndarray],
+    base: np.ndarray | None,
+    win: Window,
+    window: int,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """A window's blending weights: they depend only on which raster sides it touches."""
+    r, c = int(win.row_off), int(win.col_off)
+    key = (r <= 0, r + window >= height, c <= 0, c + window >= width)
+    if key not in cache:
+        cache[key] = (
+            np.ones((window, window), np.float32) if base is None
+            else edge_aware(base, win, height, width)
+        )  # fmt: skip
+    return cache[key]
 
 
 def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:

@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--readers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[2048, 8192])
     parser.add_argument("--work", help="folder for the rasters (default: a temporary one)")

@@ -316,7 +316,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         }  # fmt: skip
     options = PredictOptions(
         window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
-        readers=2,
+        readers=1,
     )  # fmt: skip
     names = list(meta["classes"])
     metric_classes = meta["metric_classes"]

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast precision (auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32)",
     )  # fmt: skip
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--readers", type=int, default=2, help="background reader threads (0: none)")
+    p.add_argument("--readers", type=int, default=1, help="background reader threads (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--redo", action="store_true", help="predict pairs whose outputs exist too")
     return p

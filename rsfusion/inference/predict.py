@@ -58,7 +58,7 @@ class PredictOptions:
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
     drop: str | None = None
-    readers: int = 2
+    readers: int = 1
     prefetch: int | None = None
     progress: bool = False
     progress_position: int = 0

@@ -41,9 +41,15 @@ class PairSpec:
 
 
 @contextlib.contextmanager
-def open_pair(spec: PairSpec) -> Iterator[tuple[Any, Any]]:
-    """Open the pair's datasets (X warped onto the RGB grid when ``spec.x_grid`` is set)."""
+def open_pair(spec: PairSpec, gdal_threads: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """Open the pair's datasets (X warped onto the RGB grid when ``spec.x_grid`` is set).
+
+    ``gdal_threads`` sets GDAL_NUM_THREADS for these handles: GeoTIFF reads spanning several
+    compressed blocks (the row strips of :func:`read_windows`) then decode them in parallel.
+    """
     with contextlib.ExitStack() as stack:
+        if gdal_threads:
+            stack.enter_context(rasterio.Env(GDAL_NUM_THREADS=gdal_threads))
         src = stack.enter_context(rasterio.open(spec.rgb))
         xsrc = None
         if spec.x is not None:
@@ -151,6 +157,8 @@ class WindowReader:
         size: window size (windows at the border are padded to it).
         threads: worker threads; 0 reads in the calling thread (no read-ahead).
         prefetch: batches in flight at most (default ``2 * threads``).
+        gdal_threads: GDAL_NUM_THREADS of the handles (block decoding in parallel); None
+            leaves GDAL's setting.
 
     Yields:
         ``(windows, rgb, x)`` per batch, in the order of ``batches``.
@@ -161,16 +169,18 @@ class WindowReader:
         spec: PairSpec,
         batches: Sequence[Sequence[Window]],
         size: int,
-        threads: int = 2,
+        threads: int = 1,
         prefetch: int | None = None,
+        gdal_threads: str | None = "ALL_CPUS",
     ) -> None:
         self.spec, self.batches, self.size = spec, list(batches), size
+        self.gdal_threads = gdal_threads
         self.threads = max(0, threads)
         self.prefetch = max(1, prefetch or 2 * self.threads)
 
     def __iter__(self) -> Iterator[tuple[Sequence[Window], np.ndarray, np.ndarray | None]]:
         if self.threads == 0:
-            with open_pair(self.spec) as handles:
+            with open_pair(self.spec, self.gdal_threads) as handles:
                 for wins in self.batches:
                     yield (wins, *read_batch(handles, self.spec, wins, self.size))
             return
@@ -180,7 +190,7 @@ class WindowReader:
 
         def work() -> None:
             try:
-                with open_pair(self.spec) as handles:
+                with open_pair(self.spec, self.gdal_threads) as handles:
                     while (job := jobs.get()) is not None:
                         i, wins = job
                         try:

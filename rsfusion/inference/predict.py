@@ -216,11 +216,13 @@ def predict_pair(
             }  # fmt: skip
             bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
             weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
+            done = 0  # windows consumed; the plan is row-major, so wins[done] is the next row
             for batch, rgb_b, x_b in reader:
                 logits = runner(rgb_b, x_b)
                 for wn, lg in zip(batch, logits):
                     acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
-                next_row = _next_row(wins, batch[-1])
+                done += len(batch)
+                next_row = int(wins[done].row_off) if done < len(wins) else h
                 _write_rows(acc.flush(min(next_row, h)), writers, src, nodata)
                 bar.update(len(batch) / len(wins) * h * w / 1e6)
             _write_rows(acc.finish(), writers, src, nodata)
@@ -276,12 +278,6 @@ def _weights(
 def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:
     """Where an output is streamed: its final name, or a hidden one when a COG follows."""
     return out_dir / (f".{stem}_{name}.tiled.tif" if cog else f"{stem}_{name}.tif")
-
-
-def _next_row(wins: list[Window], last: Window) -> int:
-    """The first row a later window can still touch (rows above it are complete)."""
-    later = [wn.row_off for wn in wins if (wn.row_off, wn.col_off) > (last.row_off, last.col_off)]
-    return int(min(later)) if later else int(1e12)
 
 
 def _write_rows(blocks: Iterator, writers: dict, src: Any, nodata: int) -> None:

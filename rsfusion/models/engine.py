@@ -29,6 +29,13 @@ class Recipe(nn.Module, abc.ABC):
         """Embed the X stream (default: the backbone's own, shared embedding)."""
         return backbone.embed(x)
 
+    def embed_x_copy(self, backbone: Backbone, x: Tensor, embedding: nn.Module) -> StreamState:
+        """Embed X with the recipe's trainable copy of the RGB embedding (MoBaNet, KTB); a
+        1-channel X (DSM, depth) is repeated to the copy's 3 input channels."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return backbone.embed(x, embedding)
+
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:

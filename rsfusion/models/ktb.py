@@ -173,9 +173,7 @@ class KTB(Recipe):
         self.head_x = SegFormerHead(dims, aux_head_dim, num_classes, head_dropout)
 
     def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
-        if x.shape[1] == 1:  # DSM / depth: repeated to the 3 channels of the copied embedding
-            x = x.expand(-1, 3, -1, -1)
-        return backbone.embed(x, self.x_embed)
+        return self.embed_x_copy(backbone, x, self.x_embed)
 
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState

@@ -81,9 +81,7 @@ class MoBaNet(Recipe):
         self._prompt: Tensor | None = None
 
     def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
-        if x.shape[1] == 1:  # DSM / nDSM: repeated to the 3 channels of the copied embedding
-            x = x.expand(-1, 3, -1, -1)
-        return backbone.embed(x, self.x_embed)
+        return self.embed_x_copy(backbone, x, self.x_embed)
 
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState

@@ -9,8 +9,8 @@ release needs more than the card says is a subclass in ``rsfusion/data/natural/<
 setting ``card_name`` (it registers itself) and overriding :meth:`list_samples`,
 :meth:`find_file` or :meth:`read_modality`.
 
-Images of varying size (SUN-RGBD, UrbanLF) get :class:`SampleResizeCrop` per sample on the CPU;
-:func:`pad_collate` pads what still differs (mask: ignore) so any batch stacks.
+Images of varying size (SUN-RGBD, UrbanLF) get ``transforms.SampleResizeCrop`` per sample on the CPU;
+``transforms.pad_collate`` pads what still differs (mask: ignore) so any batch stacks.
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import default_collate
 from torchgeo.datasets import NonGeoDataset
 
 from rsfusion.catalog import DatasetCard, LabelSpec, load_card
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.natural.encodings import apply_ops
 from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
+from rsfusion.data.natural.transforms import Sample
 from rsfusion.data.normalise import XNorm
 
-Sample = dict[str, Tensor]
 NATURAL_DATASETS: dict[str, type[NaturalRGBXDataset]] = {}
 
 
@@ -296,14 +293,17 @@ class NaturalRGBXDataset(NonGeoDataset):
             sample["image_x"] = torch.from_numpy(normalise_x(x, self.x_norm))
         return self.transform(sample) if self.transform is not None else sample
 
-    def missing_files(self) -> list[str]:
-        """Files the split's samples need that do not exist (for ``--dry-run``)."""
+    def file_groups(self) -> list[tuple[str, ...]]:
+        """Pattern groups a sample needs, one file of each (modalities read, then labels)."""
         spec = self.card.labels
         assert spec is not None
-        groups = [self.card.modality(m).patterns for m in self.encodings] + [spec.patterns]
+        return [self.card.modality(m).patterns for m in self.encodings] + [spec.patterns]
+
+    def missing_files(self) -> list[str]:
+        """Files the split's samples need that do not exist (for ``--dry-run``)."""
         missing = []
         for ref in self.samples:
-            for patterns in groups:
+            for patterns in self.file_groups():
                 paths = [self.root / p.format(**ref.fields()) for p in patterns]
                 if not any(p.is_file() for p in paths):
                     missing.append(str(paths[0]))
@@ -321,83 +321,3 @@ def dataset_class_for(card_name: str) -> type[NaturalRGBXDataset]:
             if err.name != module:
                 raise
     return NATURAL_DATASETS.get(card_name, NaturalRGBXDataset)
-
-
-def pad_sample(sample: Sample, height: int, width: int, ignore_index: int) -> Sample:
-    """Pad bottom/right to ``(height, width)``: images and X with 0, the mask with ignore."""
-    h, w = sample["image"].shape[-2:]
-    pad = (0, max(width - w, 0), 0, max(height - h, 0))
-    if pad == (0, 0, 0, 0):
-        return sample
-    out = dict(sample)
-    for key in ("image", "image_x"):
-        if key in sample:
-            out[key] = F.pad(sample[key], pad, value=0.0)
-    out["mask"] = F.pad(sample["mask"], pad, value=ignore_index)
-    return out
-
-
-def pad_collate(samples: list[Sample], multiple: int = 32, ignore_index: int = 255) -> Sample:
-    """Stack samples of any sizes: pad each to the batch's largest size rounded up to
-    ``multiple`` (models with strided stages need it), masks with the ignore index."""
-    height = max(s["image"].shape[-2] for s in samples)
-    width = max(s["image"].shape[-1] for s in samples)
-    height, width = (-(-v // multiple) * multiple for v in (height, width))
-    return default_collate([pad_sample(s, height, width, ignore_index) for s in samples])
-
-
-class SampleResizeCrop:
-    """Per-sample CPU resize, random rescale and random crop, for releases whose images differ
-    in size (METHODS.md recipes: resize .5-2, then crop, e.g. SUN-RGBD 480x480).
-
-    Args:
-        size: fixed ``(h, w)`` every sample is resized to first, or None.
-        scale_range: ``(min, max)`` random rescale factor, or None.
-        crop: ``(h, w)`` random crop; smaller images are padded (X 0, mask ignore) first.
-        ignore_index: mask value of padding.
-    """
-
-    def __init__(
-        self,
-        size: Sequence[int] | None = None,
-        scale_range: Sequence[float] | None = None,
-        crop: Sequence[int] | None = None,
-        ignore_index: int = 255,
-    ) -> None:
-        if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be (min, max), 0 < min <= max: {scale_range}")
-        for name, pair in (("size", size), ("crop", crop)):
-            if pair is not None and (len(pair) != 2 or min(pair) < 1):
-                raise ValueError(f"{name} must be [height, width] >= 1, got {pair}")
-        self.size = tuple(size) if size else None
-        self.scale_range = tuple(scale_range) if scale_range else None
-        self.crop = tuple(crop) if crop else None
-        self.ignore_index = ignore_index
-
-    def __call__(self, sample: Sample) -> Sample:
-        h, w = sample["image"].shape[-2:]
-        th, tw = self.size or (h, w)
-        if self.scale_range is not None:
-            lo, hi = self.scale_range
-            s = lo + (hi - lo) * float(torch.rand(()))
-            th, tw = max(1, round(th * s)), max(1, round(tw * s))
-        out = dict(sample)
-        if (th, tw) != (h, w):
-            for key in ("image", "image_x"):
-                if key in sample:
-                    out[key] = F.interpolate(
-                        sample[key][None], (th, tw), mode="bilinear", antialias=True
-                    )[0]
-            out["mask"] = F.interpolate(sample["mask"][None, None].float(), (th, tw))[0, 0].long()
-        if self.crop is None:
-            return out
-        ch, cw = self.crop
-        out = pad_sample(out, ch, cw, self.ignore_index)
-        top = int(torch.randint(0, out["image"].shape[-2] - ch + 1, ()))
-        left = int(torch.randint(0, out["image"].shape[-1] - cw + 1, ()))
-        return {
-            k: (
-                v[..., top : top + ch, left : left + cw] if k in ("image", "image_x", "mask") else v
-            )
-            for k, v in out.items()
-        }

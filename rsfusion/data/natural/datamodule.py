@@ -22,12 +22,8 @@ from rsfusion.catalog import DatasetCard, load_card
 from rsfusion.config import ConfigError, DataConfig
 from rsfusion.data.augment import BatchTransform, PairedAugment
 from rsfusion.data.datamodule import rgb_normalise
-from rsfusion.data.natural.base import (
-    NaturalRGBXDataset,
-    SampleResizeCrop,
-    dataset_class_for,
-    pad_collate,
-)
+from rsfusion.data.natural.base import NaturalRGBXDataset, dataset_class_for
+from rsfusion.data.natural.transforms import SampleResizeCrop, pad_collate
 from rsfusion.data.normalise import XNorm
 
 

@@ -100,18 +100,11 @@ class MCubeS(NaturalRGBXDataset):
         mask[self.warp_invalid(ref, mask.shape)] = self.card.ignore_index
         return mask[:, self.left_columns(ref) :]
 
-    def missing_files(self) -> list[str]:
+    def file_groups(self) -> list[tuple[str, ...]]:
         """As the base class, with every file of a stacked modality and the warp mask."""
-        groups = []
+        groups: list[tuple[str, ...]] = []
         for name in self.encodings:
             patterns = self.card.modality(name).patterns
             groups += [(p,) for p in patterns] if name in self.stacked else [patterns]
         assert self.card.labels is not None
-        groups += [self.card.labels.patterns, self.card.modality(self.warp_mask).patterns]
-        missing = []
-        for ref in self.samples:
-            for patterns in groups:
-                paths = [self.root / p.format(**ref.fields()) for p in patterns]
-                if not any(p.is_file() for p in paths):
-                    missing.append(str(paths[0]))
-        return missing
+        return groups + [self.card.labels.patterns, self.card.modality(self.warp_mask).patterns]

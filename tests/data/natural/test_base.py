@@ -17,15 +17,14 @@ from rsfusion.data.labels import LabelColourError
 from rsfusion.data.natural.base import (
     NaturalRGBXDataset,
     SampleRef,
-    SampleResizeCrop,
     decode_index_labels,
     list_samples,
     normalise_x,
-    pad_collate,
 )
 from rsfusion.data.natural.encodings import EncodingError, apply_ops
 from rsfusion.data.natural.matfile import MatFileError, read_mat, write_mat
 from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
+from rsfusion.data.natural.transforms import SampleResizeCrop, pad_collate
 from rsfusion.data.normalise import XNorm
 
 MAT = Path(__file__).parent / "mat"

@@ -5,8 +5,9 @@ One table:
 * **end-to-end vs model-only**: ``predict_pair`` (background reads, normalisation, model,
   blending, GeoTIFF writing) versus the model alone on the same, pre-read windows; both in MPix of
   raster per second, and their ratio (goal >= 0.85).
-* **reader vs plain rasterio**: the background reader (threads, normalised float32 batches)
-  versus a plain loop of rasterio windowed reads of the same windows (goal >= 0.8x).
+* **reader vs plain rasterio**: the background reader (threads, batches of raw windows: the
+  model runner normalises them on its device) versus a plain loop of rasterio windowed reads of
+  the same windows (goal >= 0.8x).
 * **bf16 vs fp32**: model-only speed ratio (goal >= 2x) and the share of equal pixels in the
   end-to-end class maps (goal >= 99.5 %).
 * **peak RSS** of ``predict.py`` in a fresh process for a 2048^2 and an 8192^2 raster (goal:
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import rasterio
@@ -41,14 +43,16 @@ from rsfusion.inference.runner import ModelRunner, cpu_has_bf16
 from rsfusion.inference.windows import batched, plan_windows
 
 
-def _best(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` runs (the least disturbed by other load)."""
-    times = []
+def _interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Best wall time of each function over ``repeats`` rounds that run them in turn, so a
+    slow spell of the machine (other load, clock changes) weighs on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(t) for t in times]
 
 
 def peak_rss(ckpt: str, rgb: Path, dsm: Path, out: Path, window: int, batch: int) -> float:
@@ -70,7 +74,7 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--readers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[2048, 8192])
     parser.add_argument("--work", help="folder for the rasters (default: a temporary one)")
     parser.add_argument(
@@ -108,47 +112,45 @@ def main() -> int:
         for _ in WindowReader(spec, batches, args.window, threads=args.readers):
             pass
 
-    t_plain, t_reader = _best(plain, args.repeats), _best(reader, args.repeats)
+    t_plain, t_reader = _interleaved((plain, reader), args.repeats)
     rows.append(("plain rasterio reads", f"{window_mpix / t_plain:.1f} MPix/s", ""))
     rows.append(("background reader", f"{window_mpix / t_reader:.1f} MPix/s",
                  f"{t_plain / t_reader:.2f}x plain (goal >= 0.8)"))  # fmt: skip
 
-    # model-only on pre-read windows, fp32 and bf16
+    # model only on pre-read windows and end-to-end, per precision, timed in turns
     inputs = [(r, x) for _, r, x in WindowReader(spec, batches, args.window, threads=0)]
-    speeds: dict[str, float] = {}
+    speeds: dict[str, tuple[float, float]] = {}
+    classes = {}
     precisions = ["fp32", "bf16"] if cpu_has_bf16() or torch.cuda.is_available() else ["fp32"]
     for precision in precisions:
         # a fresh model per precision: channels_last converts the weights in place
         runner = ModelRunner(load_predictor(args.ckpt)[0], precision=precision)
-        runner(*inputs[0])  # warm-up: kernel selection, allocations
+        runner(*inputs[0], spec.norm)  # warm-up: kernel selection, allocations
+        opts = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                              readers=args.readers, precision=precision)  # fmt: skip
+        out = work / f"e2e_{precision}"
 
-        def run(runner: ModelRunner = runner) -> None:
+        def model_only(runner: ModelRunner = runner) -> None:
             for r, x in inputs:
-                runner(r, x)
+                runner(r, x, spec.norm)
 
-        speeds[precision] = raster_mpix / _best(run, args.repeats)
+        def end_to_end(runner: ModelRunner = runner, opts=opts, out=out) -> None:
+            predict_pair(runner, meta, rgb, dsm, out, opts)
+
+        t_model, t_e2e = _interleaved((model_only, end_to_end), args.repeats)
+        speeds[precision] = raster_mpix / t_model, raster_mpix / t_e2e
+        with rasterio.open(out / f"{rgb.stem}_classes.tif") as src:
+            classes[precision] = src.read(1)
     fast = precisions[-1]
     for precision in precisions:
         note = ""
         if precision == "bf16":
-            note = f"{speeds['bf16'] / speeds['fp32']:.2f}x fp32 (goal >= 2)"
-        rows.append((f"model only, {precision}", f"{speeds[precision]:.3f} MPix/s", note))
-
-    # end-to-end with the same windows, and bf16 vs fp32 pixel agreement
-    classes = {}
+            note = f"{speeds['bf16'][0] / speeds['fp32'][0]:.2f}x fp32 (goal >= 2)"
+        rows.append((f"model only, {precision}", f"{speeds[precision][0]:.3f} MPix/s", note))
     for precision in precisions:
-        opts = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
-                              readers=args.readers, precision=precision)  # fmt: skip
-        runner = ModelRunner(load_predictor(args.ckpt)[0], precision=precision)
-        runner(*inputs[0])
-        out = work / f"e2e_{precision}"
-        seconds = _best(lambda o=opts, r=runner, d=out: predict_pair(r, meta, rgb, dsm, d, o),
-                        args.repeats)  # fmt: skip
-        with rasterio.open(out / f"{rgb.stem}_classes.tif") as src:
-            classes[precision] = src.read(1)
-        e2e = raster_mpix / seconds
+        model, e2e = speeds[precision]
         rows.append((f"end-to-end, {precision}", f"{e2e:.3f} MPix/s",
-                     f"{e2e / speeds[precision]:.2f} of model only (goal >= 0.85)"))  # fmt: skip
+                     f"{e2e / model:.2f} of model only (goal >= 0.85)"))  # fmt: skip
     if "bf16" in classes:
         equal = float((classes["bf16"] == classes["fp32"]).mean())
         rows.append(("bf16 vs fp32 pixels", f"{100 * equal:.2f} % equal", "goal >= 99.5 %"))

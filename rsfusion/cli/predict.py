@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
         help="autocast precision (auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32)",
     )  # fmt: skip
+    p.add_argument(
+        "--fp32-stages", type=int, default=1,
+        help="with bf16/fp16: first stages (and embeddings) of MoBaNet/KTB run in float32",
+    )  # fmt: skip
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     p.add_argument("--readers", type=int, default=1, help="background reader threads (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
         probs=args.probs, confidence=args.confidence, cog=args.cog, vector=args.vector,
         align=args.align, min_area=args.min_area, simplify=args.simplify, device=args.device,
-        precision=args.precision, flip=args.flip, readers=args.readers,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        precision=args.precision, fp32_stages=args.fp32_stages, flip=args.flip,
+        readers=args.readers, progress=not args.no_progress and sys.stderr.isatty(),
         progress_position=int(os.environ.get("LOCAL_RANK", "0")),
     )  # fmt: skip
     out = Path(args.out)

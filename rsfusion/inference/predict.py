@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from rsfusion.data.normalise import XNorm
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.blending import edge_aware, weight_map
-from rsfusion.inference.reader import PairSpec, WindowReader
+from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.windows import batched, plan_windows
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
@@ -54,6 +54,7 @@ class PredictOptions:
     simplify: float = 0.0
     device: str = "auto"
     precision: str = "auto"
+    fp32_stages: int = 1
     channels_last: bool | None = None
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
@@ -68,6 +69,7 @@ class PredictOptions:
         return ModelRunner(
             model, device=self.device, precision=self.precision,  # type: ignore[arg-type]
             channels_last=self.channels_last, flip=self.flip, scales=self.scales, drop=self.drop,
+            fp32_stages=self.fp32_stages,
         )  # fmt: skip
 
 
@@ -143,14 +145,16 @@ def open_inputs(
 def pair_spec(
     meta: dict[str, Any], rgb: str | Path, x: str | Path | None, x_grid: tuple | None = None
 ) -> PairSpec:
-    """The pair's normalisation as in training (RGB mean/std, X affine of its raster)."""
+    """The pair with its normalisation as in training (RGB mean/std, X affine of its raster)."""
     norm = meta["rgb_norm"]
     offset, scale = XNorm(**meta["x_norm"]).affine(str(x)) if x is not None else (0.0, 1.0)
     return PairSpec(
         rgb=rgb, x=x, x_grid=x_grid,
-        rgb_mean=np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1),
-        rgb_std=np.asarray(norm["std"], np.float32).reshape(-1, 1, 1),
-        x_offset=float(offset), x_scale=float(scale),
+        norm=InputNorm(
+            rgb_mean=np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1),
+            rgb_std=np.asarray(norm["std"], np.float32).reshape(-1, 1, 1),
+            x_offset=float(offset), x_scale=float(scale),
+        ),
     )  # fmt: skip
 
 
@@ -186,9 +190,8 @@ def predict_pair(
         h, w = src.height, src.width
         wins = plan_windows(h, w, window, window - overlap)
         batches = list(batched(wins, opts.batch_size))
-        reader = WindowReader(
-            pair_spec(meta, rgb, x, x_grid), batches, window, opts.readers, opts.prefetch
-        )
+        spec = pair_spec(meta, rgb, x, x_grid)
+        reader = WindowReader(spec, batches, window, opts.readers, opts.prefetch)
         base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
         acc = RowBandAccumulator(h, w, k, window)
         dtype = class_dtype(k)
@@ -218,7 +221,7 @@ def predict_pair(
             weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
             done = 0  # windows consumed; the plan is row-major, so wins[done] is the next row
             for batch, rgb_b, x_b in reader:
-                logits = runner(rgb_b, x_b)
+                logits = runner(rgb_b, x_b, spec.norm)
                 for wn, lg in zip(batch, logits):
                     acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
                 done += len(batch)

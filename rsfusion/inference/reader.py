@@ -1,9 +1,14 @@
 """Background window reading for prediction: rasterio windowed reads in worker threads.
 
 GDAL releases the GIL while it reads and decompresses, so a few threads, each with its own
-dataset handles (GDAL handles must not be shared between threads), keep batches of normalised
-windows ready while the model runs on the previous ones. Batches come back in plan order and at
-most ``prefetch`` are in flight, so memory stays bounded whatever the raster size.
+dataset handles (GDAL handles must not be shared between threads), keep batches of windows ready
+while the model runs on the previous ones. Batches come back in plan order and at most
+``prefetch`` are in flight, so memory stays bounded whatever the raster size.
+
+Windows come back as read: RGB in the file's dtype (uint8 for orthophotos, a quarter of the
+float32 bytes to copy and move to a GPU), X as float32 with NaN where it has no data.
+:class:`InputNorm` normalises them on the model's device, as training normalises its batches
+after the transfer (mmsegmentation's data pre-processor does the same).
 """
 
 from __future__ import annotations
@@ -18,14 +23,46 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+#: dtypes the reader keeps as they are in the file (torch takes them without a copy)
+NATIVE_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "float32", "float64"})
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """Training's normalisation of a pair, applied to raw windows on the model's device.
+
+    RGB: ``(v - mean) / std`` per band; X: ``(v - offset) / scale`` with NaN (no data, outside
+    the raster) set to 0 afterwards, as :class:`rsfusion.data.normalise.XNorm` does in training.
+    """
+
+    rgb_mean: np.ndarray
+    rgb_std: np.ndarray
+    x_offset: float = 0.0
+    x_scale: float = 1.0
+
+    def __call__(
+        self, rgb: torch.Tensor, x: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised float32 (B, C, H, W) tensors of raw ones, on their device."""
+
+        def band(v: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(v, np.float32).reshape(-1, 1, 1), device=rgb.device)
+
+        # the first op out of place: a float32 input may share memory with the reader's array
+        rgb = (rgb.float() - band(self.rgb_mean)).div_(band(self.rgb_std))
+        if x is not None:
+            x = (x.float() - self.x_offset).div_(self.x_scale).nan_to_num_(0.0)
+        return rgb, x
+
 
 @dataclass(frozen=True)
 class PairSpec:
-    """How to open an RGB (+ X) pair and turn windows into model inputs.
+    """How to open an RGB (+ X) pair and normalise its windows.
 
     ``x_grid`` (crs, transform, width, height) warps X onto the RGB grid (``--align``);
     ``None`` reads X as it is (it must already share the RGB grid).
@@ -33,10 +70,7 @@ class PairSpec:
 
     rgb: str | Path
     x: str | Path | None
-    rgb_mean: np.ndarray
-    rgb_std: np.ndarray
-    x_offset: float = 0.0
-    x_scale: float = 1.0
+    norm: InputNorm
     x_grid: tuple[Any, Any, int, int] | None = None
 
 
@@ -73,9 +107,14 @@ def has_mask(src: Any) -> bool:
 
 
 def read_window(
-    src: Any, win: Window, size: int, fill: float = 0.0, masked: bool | None = None
+    src: Any,
+    win: Window,
+    size: int,
+    fill: float = 0.0,
+    masked: bool | None = None,
+    dtype: str = "float32",
 ) -> np.ndarray:
-    """A window as float32 (bands, size, size); nodata and outside pixels set to ``fill``.
+    """A window as (bands, size, size) of ``dtype``; nodata and outside pixels set to ``fill``.
 
     As in training: RGB pads with pixel value 0 before normalisation; X reads nodata and
     padding as NaN, which becomes 0 after normalisation. ``masked`` (default: looked up with
@@ -84,10 +123,10 @@ def read_window(
     masked = has_mask(src) if masked is None else masked
     inside = win.intersection(Window(0, 0, src.width, src.height))
     if inside == win and win.height == win.width == size and not masked:
-        return src.read(window=win, out_dtype="float32")  # the common case: one read, no copy
-    data = src.read(window=inside, masked=masked).astype(np.float32)
+        return src.read(window=win, out_dtype=dtype)  # the common case: one read, no copy
+    data = src.read(window=inside, masked=masked)
     data = data.filled(fill) if np.ma.isMaskedArray(data) else data
-    out = np.full((data.shape[0], size, size), fill, dtype=np.float32)
+    out = np.full((data.shape[0], size, size), fill, dtype=dtype)
     r, c = int(inside.row_off - win.row_off), int(inside.col_off - win.col_off)
     out[:, r : r + data.shape[1], c : c + data.shape[2]] = data
     return out
@@ -99,60 +138,63 @@ def read_windows(
     size: int,
     fill: float = 0.0,
     masked: bool = False,
-    offset: np.ndarray | float = 0.0,
-    scale: np.ndarray | float = 1.0,
+    dtype: str = "float32",
 ) -> np.ndarray:
-    """Windows as one normalised float32 array (B, bands, size, size): ``(v - offset) / scale``
-    of :func:`read_window` each.
+    """Windows as one (B, bands, size, size) array of ``dtype``: :func:`read_window` each.
 
     Windows inside the raster that share a row offset (a batch walks along a row of the plan)
-    are read as one strip in the file's own dtype, so the pixels neighbouring windows share are
-    decoded once, and converted while they are sliced; the others (raster border, smaller
-    rasters, masked data) are read one by one.
+    are read as one strip, so the pixels neighbouring windows share are decoded once; the
+    others (raster border, smaller rasters, masked data) are read one by one.
     """
-    out = np.empty((len(wins), src.count, size, size), np.float32)
+    out = np.empty((len(wins), src.count, size, size), dtype)
     full = Window(0, 0, src.width, src.height)
     rows: dict[int, list[int]] = {}
     for i, w in enumerate(wins):
         if not masked and w.height == w.width == size and w.intersection(full) == w:
             rows.setdefault(int(w.row_off), []).append(i)
         else:
-            np.subtract(read_window(src, w, size, fill, masked), offset, out=out[i])
+            out[i] = read_window(src, w, size, fill, masked, dtype)
     for row, idx in rows.items():
         left = min(int(wins[i].col_off) for i in idx)
         right = max(int(wins[i].col_off) + size for i in idx)
-        data = src.read(window=Window(left, row, right - left, size))
+        if len(idx) == 1:
+            src.read(window=Window(left, row, size, size), out=out[idx[0]])
+            continue
+        data = src.read(window=Window(left, row, right - left, size), out_dtype=dtype)
         for i in idx:
             c = int(wins[i].col_off) - left
-            np.subtract(data[:, :, c : c + size], offset, out=out[i], casting="unsafe")
-    out /= scale
+            out[i] = data[:, :, c : c + size]
     return out
 
 
+def raw_dtype(src: Any) -> str:
+    """The dtype RGB windows keep: the file's when every band shares it and torch takes it."""
+    dtypes = set(src.dtypes)
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= NATIVE_DTYPES else "float32"
+
+
 def read_batch(
-    handles: tuple[Any, Any], spec: PairSpec, wins: Sequence[Window], size: int
+    handles: tuple[Any, Any], wins: Sequence[Window], size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalised RGB (B, C, size, size) and X (B, Cx, size, size) float32 arrays of windows."""
+    """Raw RGB (B, C, size, size; file dtype, padded with 0) and X (B, Cx, size, size;
+    float32, NaN where X has no data) arrays of windows: normalise them with
+    :class:`InputNorm`."""
     src, xsrc = handles
-    rgb = read_windows(src, wins, size, 0.0, has_mask(src), spec.rgb_mean, spec.rgb_std)
+    rgb = read_windows(src, wins, size, 0.0, has_mask(src), raw_dtype(src))
     if xsrc is None:
         return rgb, None
-    xs = read_windows(
-        xsrc, wins, size, np.nan, has_mask(xsrc), np.float32(spec.x_offset),
-        np.float32(spec.x_scale),
-    )  # fmt: skip
-    return rgb, np.nan_to_num(xs, nan=0.0, copy=False)
+    return rgb, read_windows(xsrc, wins, size, np.nan, has_mask(xsrc), "float32")
 
 
 class WindowReader:
-    """Iterate over batches of normalised windows, read ahead by ``threads`` worker threads.
+    """Iterate over batches of raw windows, read ahead by ``threads`` worker threads.
 
     Each worker opens its own handles and closes them itself (rasterio keeps its GDAL
     environment per thread). Batches are handed out in order and at most ``prefetch`` are read
     ahead of the consumer; an error in a worker is raised in the consumer.
 
     Args:
-        spec: the pair and its normalisation.
+        spec: the pair (its ``norm`` is for the consumer: batches come back raw).
         batches: window batches, in the order they are wanted.
         size: window size (windows at the border are padded to it).
         threads: worker threads; 0 reads in the calling thread (no read-ahead).
@@ -182,7 +224,7 @@ class WindowReader:
         if self.threads == 0:
             with open_pair(self.spec, self.gdal_threads) as handles:
                 for wins in self.batches:
-                    yield (wins, *read_batch(handles, self.spec, wins, self.size))
+                    yield (wins, *read_batch(handles, wins, self.size))
             return
         jobs: queue.Queue = queue.Queue()
         results: dict[int, Any] = {}
@@ -194,7 +236,7 @@ class WindowReader:
                     while (job := jobs.get()) is not None:
                         i, wins = job
                         try:
-                            out: Any = read_batch(handles, self.spec, wins, self.size)
+                            out: Any = read_batch(handles, wins, self.size)
                         except BaseException as err:  # handed to the consumer
                             out = err
                         with ready:

@@ -1,7 +1,7 @@
 """The model side of prediction: device, precision, memory format and test-time augmentation.
 
-:class:`ModelRunner` turns batches of normalised windows (numpy) into float32 logits (numpy):
-optionally with one input zeroed (the missing-modality table), under bfloat16 / float16 autocast
+:class:`ModelRunner` turns batches of windows (numpy) into float32 logits (numpy): normalised
+on the device when they come raw from the reader, optionally with one input zeroed (the missing-modality table), under bfloat16 / float16 autocast
 with channels_last where the hardware supports it, and with flip and multi-scale test-time
 augmentation (logits of every view resized back and summed, as in mmsegmentation's aug_test).
 """
@@ -12,12 +12,15 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from rsfusion.inference.reader import InputNorm
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -64,6 +67,9 @@ class ModelRunner:
         drop: 'rgb' or 'x' zeroes that input after normalisation (as training's masking does).
         pad_multiple: zero-pad every view right/bottom to a multiple of this before the forward
             pass (models with strided stages), and crop the logits back.
+        fp32_stages: with bf16/fp16, the embeddings and this many first stages of a dual-stream
+            engine model run in float32 (default 1; MoBaNet-Lite0 on the demo scene: 99.17 ->
+            99.79 % of pixels equal to fp32, at 2.66x -> 2.25x fp32's speed). Set on the model.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class ModelRunner:
         scales: Sequence[float] = (1.0,),
         drop: str | None = None,
         pad_multiple: int = 1,
+        fp32_stages: int = 1,
     ) -> None:
         self.pad_multiple = max(1, pad_multiple)
         self.device = resolve_device(device)
@@ -87,6 +94,8 @@ class ModelRunner:
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be positive, got {self.scales}")
         self.model = model.eval().to(self.device)
+        if hasattr(self.model, "fp32_stages"):  # dual-stream engine models
+            self.model.fp32_stages = fp32_stages if self.precision != "fp32" else 0
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -107,8 +116,24 @@ class ModelRunner:
     def _tensor(self, array: np.ndarray | None) -> Tensor | None:
         if array is None:
             return None
-        t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    def inputs(
+        self, rgb: np.ndarray, x: np.ndarray | None, norm: InputNorm | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Model inputs on the device: normalised (when ``norm`` is given), dropped, laid out."""
+        r, s = self._tensor(rgb), self._tensor(x)
+        assert r is not None
+        if norm is not None:
+            r, s = norm(r, s)
+        if self.drop == "rgb":
+            r = torch.zeros_like(r)
+        if self.drop == "x" and s is not None:
+            s = torch.zeros_like(s)
+        if self.channels_last:
+            r = r.contiguous(memory_format=torch.channels_last)
+            s = None if s is None else s.contiguous(memory_format=torch.channels_last)
+        return r, s
 
     def _forward(self, rgb: Tensor, x: Tensor | None) -> Tensor:
         h, w = rgb.shape[-2:]
@@ -140,12 +165,12 @@ class ModelRunner:
         return total
 
     @torch.inference_mode()
-    def __call__(self, rgb: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
-        """Logits (B, K, H, W) float32 for normalised inputs (B, C, H, W)."""
-        if self.drop == "rgb":
-            rgb = np.zeros_like(rgb)
-        if self.drop == "x" and x is not None:
-            x = np.zeros_like(x)
+    def __call__(
+        self, rgb: np.ndarray, x: np.ndarray | None = None, norm: InputNorm | None = None
+    ) -> np.ndarray:
+        """Logits (B, K, H, W) float32 for inputs (B, C, H, W): normalised ones, or raw ones
+        from :class:`~rsfusion.inference.reader.WindowReader` with their ``norm``."""
+        r, s = self.inputs(rgb, x, norm)
         with self._autocast():
-            out = self.logits(self._tensor(rgb), self._tensor(x))
+            out = self.logits(r, s)
         return out.cpu().numpy()

@@ -15,8 +15,10 @@ A method is a :class:`Recipe` (its trainable parts and hook bodies); the engine 
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
@@ -65,13 +67,29 @@ class DualStreamEngine(nn.Module):
     Args:
         backbone: a :class:`Backbone` (frozen here, and kept in eval mode).
         recipe: the method's :class:`Recipe`.
+
+    Attributes:
+        fp32_stages: under autocast, the embeddings and this many first stages (hooks included)
+            run in float32. The full-resolution stages see the inputs' whole dynamic range, and
+            rounding there to bfloat16's 8-bit mantissa shifts decisions that rest on small
+            elevation differences (tree vs low vegetation): :class:`ModelRunner` sets 1 for
+            reduced-precision prediction (measured in benchmarks/predict_bench.py).
     """
+
+    fp32_stages = 0
 
     def __init__(self, backbone: Backbone, recipe: Recipe) -> None:
         super().__init__()
         backbone.freeze()
         self.backbone = backbone
         self.recipe = recipe
+
+    def _precision(self, stage: int, like: Tensor) -> contextlib.AbstractContextManager:
+        """float32 for the embeddings (stage -1) and stages below ``fp32_stages``."""
+        device = like.device.type
+        if stage < self.fp32_stages and torch.is_autocast_enabled(device):
+            return torch.autocast(device, enabled=False)
+        return contextlib.nullcontext()
 
     #: the task may hand :meth:`forward` a per-sample ``token_drop`` (KTB's MMST on tokens)
     masks_tokens = True
@@ -87,21 +105,23 @@ class DualStreamEngine(nn.Module):
         if x is None:
             raise ValueError("the dual-stream engine needs the X input (image_x)")
         height, width = rgb.shape[-2:]
-        r = self.backbone.embed(rgb)
-        s = self.recipe.embed_x(self.backbone, x)
+        with self._precision(-1, rgb):
+            r = self.backbone.embed(rgb)
+            s = self.recipe.embed_x(self.backbone, x)
         if token_drop is not None:
             r, s = _drop(r, token_drop[0]), _drop(s, token_drop[1])
         fused, rgb_maps, x_maps = [], [], []
         for i in range(len(self.backbone.stages)):
-            r, s = self.recipe.before_stage(i, r, s)
-            for j in range(len(self.backbone.blocks(i))):
-                r, s = self.recipe.in_block(self.backbone, i, j, r, s)
-            fr = self.backbone.stage_output(i, r, "rgb")
-            fs = self.backbone.stage_output(i, s, "x")
-            fused.append(self.recipe.after_stage(i, fr, fs))
-            rgb_maps.append(fr)
-            x_maps.append(fs)
-            r, s = self.backbone.next_stage(i, r), self.backbone.next_stage(i, s)
+            with self._precision(i, rgb):
+                r, s = self.recipe.before_stage(i, r, s)
+                for j in range(len(self.backbone.blocks(i))):
+                    r, s = self.recipe.in_block(self.backbone, i, j, r, s)
+                fr = self.backbone.stage_output(i, r, "rgb")
+                fs = self.backbone.stage_output(i, s, "x")
+                fused.append(self.recipe.after_stage(i, fr, fs))
+                rgb_maps.append(fr)
+                x_maps.append(fs)
+                r, s = self.backbone.next_stage(i, r), self.backbone.next_stage(i, s)
         padded = _padded_size(rgb, fused[0], self.backbone)
         out = self.recipe.decode(fused, rgb_maps, x_maps, padded)
         return _crop(out, height, width)

@@ -7,7 +7,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from rsfusion.inference.reader import PairSpec, WindowReader, read_window
+from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, read_window
 from rsfusion.inference.runner import ModelRunner, resolve_precision
 from rsfusion.inference.windows import batched, plan_windows
 
@@ -16,10 +16,12 @@ def _spec(root, **kw):
     return PairSpec(
         rgb=root / "top" / "top_mosaic_09cm_area2.tif",
         x=root / "dsm" / "dsm_09cm_matching_area2.tif",
-        rgb_mean=np.full((3, 1, 1), 100, np.float32),
-        rgb_std=np.full((3, 1, 1), 50, np.float32),
-        x_offset=kw.get("x_offset", 10.0),
-        x_scale=kw.get("x_scale", 2.0),
+        norm=InputNorm(
+            rgb_mean=np.full((3, 1, 1), 100, np.float32),
+            rgb_std=np.full((3, 1, 1), 50, np.float32),
+            x_offset=kw.get("x_offset", 10.0),
+            x_scale=kw.get("x_scale", 2.0),
+        ),
     )
 
 
@@ -33,9 +35,23 @@ def test_reader_matches_plain_reads_in_plan_order(vaihingen_root, threads):
     with rasterio.open(spec.rgb) as a, rasterio.open(spec.x) as b:
         for batch, rgb, x in got:
             for w, r, s in zip(batch, rgb, x):
-                assert np.allclose(r, (a.read(window=w).astype(np.float32) - 100) / 50)
-                assert np.allclose(s, (b.read(window=w).astype(np.float32) - 10.0) / 2.0)
-            assert rgb.dtype == np.float32 and x.dtype == np.float32
+                assert np.array_equal(r, a.read(window=w))  # raw: the file's uint8
+                assert np.array_equal(s, b.read(window=w))
+            assert rgb.dtype == np.uint8 and x.dtype == np.float32
+            r, s = spec.norm(torch.from_numpy(rgb), torch.from_numpy(x))
+            assert torch.allclose(r, (torch.from_numpy(rgb).float() - 100) / 50)
+            assert torch.allclose(s, (torch.from_numpy(x) - 10.0) / 2.0)
+
+
+def test_norm_zeroes_x_without_data_and_border_padding(vaihingen_root):
+    """Windows past the raster edge: RGB padded with 0 before normalisation, X with NaN -> 0."""
+    spec = _spec(vaihingen_root)
+    (_, rgb, x), = WindowReader(spec, [[Window(40, 30, 16, 16)]], 16, threads=0)  # fmt: skip
+    assert rgb.dtype == np.uint8 and (rgb[:, :, 10:, :] == 0).all()
+    assert np.isnan(x[:, :, 10:, :]).all() and np.isfinite(x[:, :, :10, :8]).all()
+    r, s = spec.norm(torch.from_numpy(rgb), torch.from_numpy(x))
+    assert torch.allclose(r[:, :, 10:], torch.tensor(-2.0)) and (s[:, :, 10:] == 0).all()
+    assert torch.isfinite(s).all()
 
 
 def test_border_windows_are_padded_like_training(vaihingen_root):
@@ -45,7 +61,7 @@ def test_border_windows_are_padded_like_training(vaihingen_root):
 
 
 def test_reader_errors_reach_the_consumer(vaihingen_root, tmp_path):
-    spec = PairSpec(tmp_path / "missing.tif", None, np.zeros((3, 1, 1)), np.ones((3, 1, 1)))
+    spec = PairSpec(tmp_path / "missing.tif", None, InputNorm(np.zeros(3), np.ones(3)))
     with pytest.raises(rasterio.errors.RasterioIOError):
         list(WindowReader(spec, [[Window(0, 0, 8, 8)]], 8, threads=2))
 
@@ -117,3 +133,14 @@ def test_views_are_padded_to_the_model_multiple_and_cropped_back():
     assert runner(rgb).shape == (1, 2, 20, 28)
     with pytest.raises(AssertionError):
         ModelRunner(Strict(), device="cpu", precision="fp32")(rgb)
+
+
+def test_runner_keeps_first_engine_stages_in_float32_only_with_reduced_precision():
+    class Engine(_PerPixel):
+        fp32_stages = 0
+
+    assert ModelRunner(Engine(), device="cpu", precision="bf16").model.fp32_stages == 1
+    assert (
+        ModelRunner(Engine(), device="cpu", precision="bf16", fp32_stages=2).model.fp32_stages == 2
+    )
+    assert ModelRunner(Engine(), device="cpu", precision="fp32").model.fp32_stages == 0

@@ -170,3 +170,25 @@ def test_the_task_hands_mmst_on_tokens_to_the_engine(monkeypatch):
     r_drop, x_drop = seen["token_drop"]
     assert int(r_drop.sum()) == 2 and int(x_drop.sum()) == 2 and not (r_drop & x_drop).any()
     assert torch.equal(seen["rgb"], rgb)  # the inputs themselves are not zeroed
+
+
+@pytest.mark.parametrize("fp32_stages", [0, 1, 2])
+def test_first_stages_run_in_float32_under_autocast(fp32_stages):
+    """``fp32_stages``: a convolution in those stages' hooks computes in float32 under bf16
+    autocast, in later ones in bfloat16; without autocast everything is float32."""
+    dtypes: list[torch.dtype] = []
+
+    class Dtypes(Recording):
+        def after_stage(self, stage, r, x):
+            dtypes.append(self.cls(r).dtype)  # autocast runs convolutions in bfloat16
+            return r + x
+
+    engine = DualStreamEngine(tiny_vit(), Dtypes(32))
+    engine.fp32_stages = fp32_stages
+    rgb, x = torch.rand(1, 3, 28, 28), torch.rand(1, 3, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine(rgb, x)
+    assert dtypes == [torch.float32] * fp32_stages + [torch.bfloat16] * (3 - fp32_stages)
+    dtypes.clear()
+    engine(rgb, x)
+    assert dtypes == [torch.float32] * 3

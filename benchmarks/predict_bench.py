@@ -59,7 +59,7 @@ def peak_rss(ckpt: str, rgb: Path, dsm: Path, out: Path, window: int, batch: int
     """Peak resident memory (MiB) of predict.py on one pair, in a fresh process."""
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rsfusion.cli.predict",
            "--ckpt", ckpt, "--rgb", str(rgb), "--x", str(dsm), "--out", str(out),
-           "--window", str(window), "--batch-size", str(batch), "--probs", "--no-progress"]  # fmt: skip
+           "--window", str(window), "--batch-size", str(batch), "--probs", "--no-progress", "--redo"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])

@@ -13,7 +13,7 @@ renamed when complete.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from rasterio.windows import Window
 
 from rsfusion.data.normalise import XNorm
 from rsfusion.inference.accumulator import RowBandAccumulator
+from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
-from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader
+from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mask
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.windows import batched, plan_windows
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
@@ -219,16 +220,25 @@ def predict_pair(
             }  # fmt: skip
             bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
             weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
+            masks = src if has_mask(src) else None  # else every pixel is valid
+
+            def blend_and_write(item: tuple[Sequence[Window], np.ndarray, int]) -> None:
+                batch, logits, next_row = item
+                for wn, lg in zip(batch, logits):
+                    acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
+                _write_rows(acc.flush(next_row), writers, masks, nodata)
+
+            # the previous batch is blended and written while the model runs on this one; the
+            # thread is the only user of the writers (and of src's masks) until it is closed
+            sink = stack.enter_context(Background(blend_and_write))
             done = 0  # windows consumed; the plan is row-major, so wins[done] is the next row
             for batch, rgb_b, x_b in reader:
                 logits = runner(rgb_b, x_b, spec.norm)
-                for wn, lg in zip(batch, logits):
-                    acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
                 done += len(batch)
-                next_row = int(wins[done].row_off) if done < len(wins) else h
-                _write_rows(acc.flush(min(next_row, h)), writers, src, nodata)
+                sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
                 bar.update(len(batch) / len(wins) * h * w / 1e6)
-            _write_rows(acc.finish(), writers, src, nodata)
+            sink.close()
+            _write_rows(acc.finish(), writers, masks, nodata)
     for name in outputs:
         final = out_dir / f"{stem}_{name}.tif"
         if opts.cog:  # tiled GeoTIFF first (bounded memory), then COG under the final name
@@ -283,11 +293,15 @@ def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:
     return out_dir / (f".{stem}_{name}.tiled.tif" if cog else f"{stem}_{name}.tif")
 
 
-def _write_rows(blocks: Iterator, writers: dict, src: Any, nodata: int) -> None:
+def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> None:
+    """Classes (nodata where ``masks``, the RGB dataset if it has a mask, says invalid) and the
+    optional probabilities / confidence of finished row blocks."""
     for row, logits, _ in blocks:
         n = logits.shape[1]
-        valid = src.read_masks(1, window=Window(0, row, src.width, n)) > 0
-        classes = np.where(valid, logits.argmax(0), nodata)
+        classes = logits.argmax(0)
+        if masks is not None:
+            valid = masks.read_masks(1, window=Window(0, row, masks.width, n)) > 0
+            classes = np.where(valid, classes, nodata)
         writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
         if "probs" not in writers and "confidence" not in writers:
             continue  # the softmax costs as much as the rest of the row band

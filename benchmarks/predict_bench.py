@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--readers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[2048, 8192])
     parser.add_argument("--work", help="folder for the rasters (default: a temporary one)")
     parser.add_argument(
@@ -117,29 +117,31 @@ def main() -> int:
     rows.append(("background reader", f"{window_mpix / t_reader:.1f} MPix/s",
                  f"{t_plain / t_reader:.2f}x plain (goal >= 0.8)"))  # fmt: skip
 
-    # model only on pre-read windows and end-to-end, per precision, timed in turns
+    # model only on pre-read windows and end-to-end, both precisions, all timed in turns
     inputs = [(r, x) for _, r, x in WindowReader(spec, batches, args.window, threads=0)]
-    speeds: dict[str, tuple[float, float]] = {}
-    classes = {}
     precisions = ["fp32", "bf16"] if cpu_has_bf16() or torch.cuda.is_available() else ["fp32"]
+    fns = []
     for precision in precisions:
-        # a fresh model per precision: channels_last converts the weights in place
+        # a fresh model per precision: channels_last and BatchNorm folding change it in place
         runner = ModelRunner(load_predictor(args.ckpt)[0], precision=precision)
-        runner(*inputs[0], spec.norm)  # warm-up: kernel selection, allocations
+        runner(*inputs[0], spec.norm)  # warm-up: kernel selection, allocations, folding
         opts = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                               readers=args.readers, precision=precision)  # fmt: skip
-        out = work / f"e2e_{precision}"
 
         def model_only(runner: ModelRunner = runner) -> None:
             for r, x in inputs:
                 runner(r, x, spec.norm)
 
-        def end_to_end(runner: ModelRunner = runner, opts=opts, out=out) -> None:
-            predict_pair(runner, meta, rgb, dsm, out, opts)
+        def end_to_end(runner: ModelRunner = runner, opts=opts, precision=precision) -> None:
+            predict_pair(runner, meta, rgb, dsm, work / f"e2e_{precision}", opts)
 
-        t_model, t_e2e = _interleaved((model_only, end_to_end), args.repeats)
-        speeds[precision] = raster_mpix / t_model, raster_mpix / t_e2e
-        with rasterio.open(out / f"{rgb.stem}_classes.tif") as src:
+        fns += [model_only, end_to_end]
+    times = _interleaved(fns, args.repeats)
+    speeds = {p: (raster_mpix / times[2 * i], raster_mpix / times[2 * i + 1])
+              for i, p in enumerate(precisions)}  # fmt: skip
+    classes = {}
+    for precision in precisions:
+        with rasterio.open(work / f"e2e_{precision}" / f"{rgb.stem}_classes.tif") as src:
             classes[precision] = src.read(1)
     fast = precisions[-1]
     for precision in precisions:

@@ -305,11 +305,13 @@ def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> Non
         writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
         if "probs" not in writers and "confidence" not in writers:
             continue  # the softmax costs as much as the rest of the row band
-        exp = np.exp(logits - logits.max(0, keepdims=True))
-        probs = exp / exp.sum(0, keepdims=True)
-        if "probs" in writers:
-            writers["probs"].write_rows(row, np.rint(probs * 255).astype(np.uint8))
+        # softmax in place (the block is not used again): no band-sized temporaries
+        probs = np.subtract(logits, logits.max(0, keepdims=True), out=logits)
+        np.exp(probs, out=probs)
+        probs /= probs.sum(0, keepdims=True)
         if "confidence" in writers:
-            writers["confidence"].write_rows(
-                row, np.rint(probs.max(0) * 255).astype(np.uint8)[None]
-            )
+            confidence = np.rint(probs.max(0) * 255).astype(np.uint8)[None]
+            writers["confidence"].write_rows(row, confidence)
+        if "probs" in writers:
+            np.rint(np.multiply(probs, 255, out=probs), out=probs)
+            writers["probs"].write_rows(row, probs.astype(np.uint8))

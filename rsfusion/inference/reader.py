@@ -124,7 +124,7 @@ def read_window(
     inside = win.intersection(Window(0, 0, src.width, src.height))
     if inside == win and win.height == win.width == size and not masked:
         return src.read(window=win, out_dtype=dtype)  # the common case: one read, no copy
-    data = src.read(window=inside, masked=masked)
+    data = src.read(window=inside, masked=masked, out_dtype=dtype)
     data = data.filled(fill) if np.ma.isMaskedArray(data) else data
     out = np.full((data.shape[0], size, size), fill, dtype=dtype)
     r, c = int(inside.row_off - win.row_off), int(inside.col_off - win.col_off)

@@ -144,3 +144,24 @@ def test_runner_keeps_first_engine_stages_in_float32_only_with_reduced_precision
         ModelRunner(Engine(), device="cpu", precision="bf16", fp32_stages=2).model.fp32_stages == 2
     )
     assert ModelRunner(Engine(), device="cpu", precision="fp32").model.fp32_stages == 0
+
+
+def test_integer_x_with_nodata_reads_as_nan_then_zero(tmp_path):
+    """An int16 DSM with nodata: NaN where it has no data (and past its edge), 0 once normalised."""
+    from rasterio.transform import from_origin
+
+    data = np.arange(12 * 12, dtype=np.int16).reshape(1, 12, 12)
+    data[0, :2, :3] = -9999
+    path = tmp_path / "dsm_int16.tif"
+    profile = dict(driver="GTiff", width=12, height=12, count=1, dtype="int16", nodata=-9999,
+                   crs="EPSG:32632", transform=from_origin(0, 12, 1, 1))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    spec = PairSpec(path, path, InputNorm(np.zeros(1), np.ones(1), x_offset=100.0, x_scale=2.0))
+    wins = [Window(0, 0, 8, 8), Window(8, 8, 8, 8)]  # the second reaches past the edge
+    (_, _, x), = WindowReader(spec, [wins], 8, threads=0)  # fmt: skip
+    assert x.dtype == np.float32
+    assert np.isnan(x[0, 0, :2, :3]).all() and np.isnan(x[1, 0, 4:, :]).all()
+    assert x[0, 0, 3, 3] == data[0, 3, 3]
+    _, s = spec.norm(torch.zeros(2, 1, 8, 8), torch.from_numpy(x))
+    assert (s[0, 0, :2, :3] == 0).all() and s[0, 0, 3, 3] == (data[0, 3, 3] - 100.0) / 2.0

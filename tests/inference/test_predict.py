@@ -250,3 +250,15 @@ def test_bf16_prediction_agrees_with_fp32(ckpt, vaihingen_root, tmp_path):
         with rasterio.open(written["classes"]) as src:
             maps[precision] = src.read(1)
     assert (maps["fp32"] == maps["bf16"]).mean() > 0.9
+
+
+def test_class_map_is_argmax_with_first_of_ties():
+    from rsfusion.inference.predict import class_map
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 7, 9)).astype(np.float32)
+    logits[2, 0, 0] = logits[4, 0, 0] = 10.0  # a tie: the first class wins, as in argmax
+    logits[:, 1, 1] = 0.5  # all tied
+    assert np.array_equal(class_map(logits), logits.argmax(0))
+    assert class_map(logits)[0, 0] == 2 and class_map(logits)[1, 1] == 0
+    assert class_map(rng.standard_normal((300, 2, 2)).astype(np.float32)).dtype == np.uint16

@@ -10,6 +10,8 @@ One table:
   the same windows (goal >= 0.8x).
 * **bf16 vs fp32**: model-only speed ratio (goal >= 2x) and the share of equal pixels in the
   end-to-end class maps (goal >= 99.5 %).
+* the speed rows keep freed memory for reuse as the CLIs do (:mod:`rsfusion.allocator`);
+  ``--glibc-default`` measures them with glibc's default malloc settings instead.
 * **peak RSS** of ``predict.py`` in a fresh process for a 2048^2 and an 8192^2 raster (goal:
   ratio <= 1.3), on rasters of smooth waves written block by block.
 
@@ -37,6 +39,7 @@ import rasterio
 import torch
 from predict_memory import write_pair  # benchmarks/ is on sys.path when run as a script
 
+from rsfusion.allocator import keep_freed_memory
 from rsfusion.inference.predict import PredictOptions, load_predictor, pair_spec, predict_pair
 from rsfusion.inference.reader import WindowReader
 from rsfusion.inference.runner import ModelRunner, cpu_has_bf16
@@ -81,8 +84,13 @@ def main() -> int:
         "--content", choices=("scene", "waves"), default="scene",
         help="speed rows on a synthetic demo scene (default) or on smooth waves",
     )  # fmt: skip
+    parser.add_argument(
+        "--glibc-default", action="store_true",
+        help="speed rows with glibc's default malloc settings (page faults for large tensors)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("GDAL_CACHEMAX", "64")
+    kept = False if args.glibc_default else keep_freed_memory()
     work = Path(args.work or tempfile.mkdtemp(prefix="rsfusion_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.content == "scene":  # the demo scene's kind of content: what the model knows
@@ -174,7 +182,7 @@ def main() -> int:
           f"{torch.get_num_threads()} threads; {args.size}^2 raster, window {args.window}, "
           f"overlap {args.overlap}, batch {args.batch_size}, {len(wins)} windows, "
           f"{args.readers} reader threads, {args.content} content, checkpoint {args.ckpt}, "
-          f"fast precision {fast}")  # fmt: skip
+          f"fast precision {fast}, freed memory kept: {kept}")  # fmt: skip
     print(f"| {'measure':<28} | {'value':>16} | {'note':<36} |")
     print(f"|{'-' * 30}|{'-' * 18}|{'-' * 38}|")
     for name, value, note in rows:

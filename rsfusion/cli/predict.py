@@ -18,6 +18,7 @@ from pathlib import Path
 
 import rasterio
 
+from rsfusion.allocator import keep_freed_memory
 from rsfusion.inference.folder import (
     Pair,
     PairingError,
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # output is left under its final name; rerunning completes the job.
     signal.signal(signal.SIGTERM, _terminate)
     os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
+    keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     options = PredictOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from rsfusion.allocator import keep_freed_memory
 from rsfusion.catalog import DatasetCard
 from rsfusion.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from rsfusion.data.labels import LabelColourError
@@ -221,6 +222,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", "64")
+    keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     try:
         cfg = load_config(args.cfg, args.set)
         if args.dry_run:

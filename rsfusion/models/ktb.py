@@ -206,7 +206,8 @@ class KTB(Recipe):
 
 
 def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    """Logits at ``size``, resized in float32 (under autocast too, as MoBaNet's)."""
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
 @register_model("ktb")

@@ -60,9 +60,11 @@ class CrossModalPrompt(nn.Module):
 
     def inject(self, r: Tensor, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """Add a given prompt ``u`` and its per-modality channel prompts to both streams."""
-        p_r = u * self.gamma_rgb + self.beta_rgb
-        p_x = u * self.gamma_x + self.beta_x
-        return r + u + p_r, x + u + p_x
+        # r + u + (u * gamma + beta) as r + beta + u * (1 + gamma): two passes over the tokens
+        # instead of five (the full-resolution stages are memory-bound on CPUs)
+        r_out = torch.addcmul(r + self.beta_rgb, u, 1 + self.gamma_rgb)
+        x_out = torch.addcmul(x + self.beta_x, u, 1 + self.gamma_x)
+        return r_out, x_out
 
     def forward(
         self, r: Tensor, x: Tensor, return_prompt: bool = False

@@ -58,6 +58,19 @@ def _interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[floa
     return [min(t) for t in times]
 
 
+def cpu_name() -> str:
+    """The CPU model and its bf16 units: AMX tiles, or AVX512-BF16 dot products only (bf16 then
+    peaks at 2x fp32's multiply-adds, so memory-bound models gain less)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())  # fmt: skip
+    units = "AMX" if "amx_bf16" in info else "AVX512-BF16" if "avx512_bf16" in info else "no bf16"
+    return f"{model} ({units})"
+
+
 def peak_rss(ckpt: str, rgb: Path, dsm: Path, out: Path, window: int, batch: int) -> float:
     """Peak resident memory (MiB) of predict.py on one pair, in a fresh process."""
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "rsfusion.cli.predict",
@@ -178,7 +191,7 @@ def main() -> int:
         rows.append((f"RSS ratio {big}^2 / {small}^2", f"{rss[big] / rss[small]:.2f}",
                      "goal <= 1.3"))  # fmt: skip
 
-    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"\n{cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.size}^2 raster, window {args.window}, "
           f"overlap {args.overlap}, batch {args.batch_size}, {len(wins)} windows, "
           f"{args.readers} reader threads, {args.content} content, checkpoint {args.ckpt}, "

@@ -71,7 +71,9 @@ class ModelRunner:
             pass (models with strided stages), and crop the logits back.
         fp32_stages: with bf16/fp16, the embeddings and this many first stages of a dual-stream
             engine model run in float32 (default 1; MoBaNet-Lite0 on the demo scene: 99.17 ->
-            99.79 % of pixels equal to fp32, at 2.66x -> 2.25x fp32's speed). Set on the model.
+            99.79 % of pixels equal to fp32, at 2.66x -> 2.25x fp32's speed on one machine, and
+            within run-to-run noise, 0.23-0.27 s per batch either way, on an AMD Zen 4 with
+            freed memory kept). Set on the model.
         fold_bn: fold eval BatchNorms into the convolutions feeding them, once the first batch
             has shown which feeds which (:func:`~rsfusion.inference.fold.fold_batchnorm`).
             Like channels_last, this changes ``model`` in place.

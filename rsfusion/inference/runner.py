@@ -75,7 +75,8 @@ class ModelRunner:
             within run-to-run noise, 0.23-0.27 s per batch either way, on an AMD Zen 4 with
             freed memory kept). Set on the model.
         fold_bn: fold eval BatchNorms into the convolutions feeding them, once the first batch
-            has shown which feeds which (:func:`~rsfusion.inference.fold.fold_batchnorm`).
+            has shown which feeds which (:func:`~rsfusion.inference.fold.fold_batchnorm`), and
+            on CPUs fuse the ReLU / ReLU6 after them into the convolutions as oneDNN post-ops.
             Like channels_last, this changes ``model`` in place.
     """
 
@@ -184,7 +185,9 @@ class ModelRunner:
         with self._autocast():
             if self.fold_pending:  # this batch's forward shows which convolution feeds which BN
                 self.fold_pending = False
-                out, self.folded = fold_batchnorm(self.model, lambda: self.logits(r, s))
+                out, self.folded = fold_batchnorm(
+                    self.model, lambda: self.logits(r, s), fuse_act=self.device.type == "cpu"
+                )
                 if self.channels_last:
                     self.model.to(memory_format=torch.channels_last)
             else:

@@ -1,11 +1,11 @@
-"""BatchNorm folding: exact outputs, only pairs the forward pass confirmed."""
+"""BatchNorm folding and activation fusion: same outputs, only pairs the forward pass confirmed."""
 
 import segmentation_models_pytorch as smp
 import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from rsfusion.inference.fold import fold_batchnorm
+from rsfusion.inference.fold import ConvAct, fold_batchnorm
 from rsfusion.inference.runner import ModelRunner
 
 
@@ -86,8 +86,40 @@ def test_runner_folds_a_unet_after_its_first_batch_with_equal_logits():
         expected = reference(torch.from_numpy(rgb)).numpy()
     assert runner.folded >= 20  # encoder and decoder convolutions with their norms
     assert not any(isinstance(m, nn.BatchNorm2d) for m in unet.modules())
+    assert sum(isinstance(m, ConvAct) for m in unet.modules()) >= 10  # conv + ReLU, one pass
     assert (first == expected).all()  # the first batch runs before folding
     torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
     off = ModelRunner(Pair(reference), device="cpu", precision="fp32", fold_bn=False)
     off(rgb)
     assert off.folded == 0 and any(isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+
+
+def test_activations_fuse_into_the_convolutions_on_cpu_with_the_same_values():
+    torch.manual_seed(1)
+    model = _randomise(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), BatchNormAct2d(8),  # ReLU
+            nn.Conv2d(8, 4, 1, bias=False), BatchNormAct2d(4, apply_act=False),  # no activation
+            nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Sigmoid(),  # not fusable: stays apart
+        )
+    ).to(memory_format=torch.channels_last)  # fmt: skip
+    x = (4 * torch.randn(2, 3, 16, 16)).contiguous(memory_format=torch.channels_last)
+    expected = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_bf16 = model(x)
+    _, folded = fold_batchnorm(model, lambda: model(x), fuse_act=True)
+    fused = [m for m in model.modules() if isinstance(m, ConvAct)]
+    assert folded == 4 and len(fused) == 2
+    assert isinstance(model[2], nn.Identity) and isinstance(model[4], nn.Identity)
+    assert isinstance(model[9], nn.Sigmoid) and isinstance(model[7], nn.Conv2d)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_bf16 = model(x)
+        assert out_bf16.dtype == expected_bf16.dtype == torch.bfloat16
+        # fused and unfused bf16 differ by roundings only (folding moves one)
+        torch.testing.assert_close(out_bf16.float(), expected_bf16.float(), rtol=0.05, atol=0.02)
+    # the ReLU6 clamps at 6 inside the convolution: large inputs saturate
+    big = model[0](100 * x)
+    assert big.max().item() == 6.0 and big.min().item() == 0.0

@@ -30,8 +30,8 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
 
     Leaves glibc alone, and returns False, where the user chose otherwise: a ``MALLOC_*_``
     tuning variable or a ``glibc.malloc`` tunable is set, or ``LD_PRELOAD`` brings jemalloc,
-    tcmalloc or mimalloc. Also False
-    where there is no glibc (macOS, Windows, musl). True when both settings took.
+    tcmalloc or mimalloc. Also False where there is no glibc (macOS, Windows, musl). True when
+    both settings took.
     """
     if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
         return False

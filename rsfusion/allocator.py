@@ -11,7 +11,9 @@ eight 256^2 windows took 0.55-0.76 s with 1.2-2.0 million minor page faults per 
 Intel's PyTorch CPU performance guide: blocks up to 1 GiB come from the heap, and the heap is
 not trimmed, so the pages of one batch serve the next. The price is that the process keeps its
 peak heap until it exits, which a prediction or training run does anyway (the peak itself is
-unchanged: 1.77 GiB in both cases above).
+unchanged: 1.77 GiB in both cases above). Blocks above 64 MiB that a worker thread allocates
+still get fresh maps (glibc caps the heaps of thread arenas at 64 MiB); most of a forward pass
+allocates on the calling thread.
 """
 
 from __future__ import annotations

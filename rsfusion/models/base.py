@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from rsfusion.registry import get_model_builder
+
+__all__ = ["ModelSpec", "SampleMeta", "build_model", "count_parameters"]
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,11 @@ class ModelSpec:
 
     Models take ``forward(rgb, x)`` (``x`` may be None) and return logits (B, K, H, W), or a
     dict with ``"out"`` (the logits) and optional ``"aux"`` {name: logits}.
+
+    ``dataset`` and ``modality`` (the card and its X modality) fill :class:`SampleMeta` where a
+    batch carries none (prediction, evaluation). ``backbone_mode`` is one of
+    :data:`~rsfusion.models.backbones.base.BACKBONE_MODES`; ``drop_path_rate`` (when set)
+    builds the backbone with that stochastic depth.
     """
 
     name: str
@@ -27,6 +35,60 @@ class ModelSpec:
     weights: str | None = None
     weights_required: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_mode: str = "frozen"
+    drop_path_rate: float | None = None
+    dataset: str | None = None
+    modality: str | None = None
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """Per-sample metadata a batch carries to the model: dataset (card name) and X modality.
+
+    SegRGB-X picks a LoRA per sample by modality and remaps labels per dataset; the
+    datamodules put ``"dataset"`` and ``"modality"`` in every sample, collated to lists.
+
+    Example:
+        >>> meta = SampleMeta.repeat(2, "nyudepthv2", "depth")
+        >>> meta.modality, len(meta)
+        (('depth', 'depth'), 2)
+    """
+
+    dataset: tuple[str | None, ...]
+    modality: tuple[str | None, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.dataset) != len(self.modality):
+            raise ValueError(
+                f"SampleMeta: {len(self.dataset)} datasets for {len(self.modality)} modalities"
+            )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @classmethod
+    def repeat(cls, n: int, dataset: str | None, modality: str | None) -> SampleMeta:
+        """The same dataset and modality for ``n`` samples."""
+        return cls((dataset,) * n, (modality,) * n)
+
+    @classmethod
+    def from_batch(cls, batch: Mapping[str, Any]) -> SampleMeta | None:
+        """The collated ``"dataset"`` / ``"modality"`` entries of a batch (None without them)."""
+        if "dataset" not in batch or "modality" not in batch:
+            return None
+        return cls(_strings(batch["dataset"]), _strings(batch["modality"]))
+
+    def select(self, index: Sequence[int]) -> SampleMeta:
+        """The metadata of the samples at ``index`` (in that order)."""
+        return SampleMeta(
+            tuple(self.dataset[i] for i in index), tuple(self.modality[i] for i in index)
+        )
+
+
+def _strings(value: Any) -> tuple[str | None, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(None if v is None else str(v) for v in value)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

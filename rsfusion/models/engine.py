@@ -1,12 +1,13 @@
-"""The dual-stream engine: one frozen backbone shared by an RGB and an X stream, walked stage by
-stage and block by block, calling the recipe's hooks at fixed points (ARCHITECTURE.md table):
+"""The dual-stream engine: one backbone shared by an RGB and an X stream, walked stage by stage
+and block by block, calling the recipe's hooks at fixed points (the README's hook table)::
 
-    r = embed(rgb); s = recipe.embed_x(x)
+    rgb, x = recipe.prepare(rgb, x, meta)              # raw inputs + per-sample metadata
+    r = backbone.embed(rgb); s = recipe.embed_x(backbone, x)
     for each stage i:
         r, s = recipe.before_stage(i, r, s)
-        for each block j: r, s = recipe.in_block(i, j, r, s)
-        fused_i = recipe.after_stage(i, out_i(r), out_i(s))
-        r, s = next_stage(r), next_stage(s)
+        for each block j: r, s = recipe.in_block(backbone, i, j, r, s)
+        out = recipe.after_stage(i, output_i(r), output_i(s))   # fused map, or StageOutput
+        r, s = continue_from(out's rewritten streams); r, s = next_stage(r), next_stage(s)
     return recipe.decode(fused, rgb_maps, x_maps, size)
 
 A method is a :class:`Recipe` (its trainable parts and hook bodies); the engine never changes.
@@ -16,42 +17,81 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.base import ModelSpec, SampleMeta
+
+__all__ = ["DualStreamEngine", "Recipe", "StageOutput", "build_engine"]
+
+
+@dataclass
+class StageOutput:
+    """What :meth:`Recipe.after_stage` may return instead of the fused map: the fused map and
+    the maps each stream continues from (``None``: unchanged), e.g. CMX's FRM-rectified maps.
+    """
+
+    fused: Tensor
+    rgb: Tensor | None = None
+    x: Tensor | None = None
 
 
 class Recipe(nn.Module, abc.ABC):
-    """Trainable parts of a method and its hooks. Defaults: plain shared backbone, no fusion."""
+    """Trainable parts of a method and its hooks. Defaults: plain shared backbone, no fusion.
+
+    Layer-wise LR decay reads where the parts sit (:meth:`DualStreamEngine.parameter_depths`):
+    :attr:`embed_parts` at depth 0, :attr:`stage_parts` ``{attribute: "before" | "after"}``
+    (a ModuleList indexed by stage) at the depth of the stage's first / last block,
+    :attr:`block_parts` (nested ``[stage][block]`` lists, dotted paths allowed) at their block's
+    depth; everything else (heads) on top.
+    """
+
+    embed_parts: ClassVar[tuple[str, ...]] = ()
+    stage_parts: ClassVar[dict[str, Literal["before", "after"]]] = {}
+    block_parts: ClassVar[tuple[str, ...]] = ()
+
+    def prepare(self, rgb: Tensor, x: Tensor, meta: SampleMeta) -> tuple[Tensor, Tensor]:
+        """Before embedding: the raw (normalised) inputs and per-sample metadata (SegRGB-X's
+        MA-CLIP embeddings and LoRA choice). Returns the inputs to embed."""
+        return rgb, x
 
     def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
         """Embed the X stream (default: the backbone's own, shared embedding)."""
-        return backbone.embed(x)
+        return backbone.embed(x, stream="x")
 
     def embed_x_copy(self, backbone: Backbone, x: Tensor, embedding: nn.Module) -> StreamState:
         """Embed X with the recipe's trainable copy of the RGB embedding (MoBaNet, KTB); a
         1-channel X (DSM, depth) is repeated to the copy's 3 input channels."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return backbone.embed(x, embedding)
+        return backbone.embed(x, embedding, stream="x")
+
+    @staticmethod
+    def copy_embedding(backbone: Backbone) -> nn.Module:
+        """A trainable copy of the backbone's RGB embedding (for :meth:`embed_x_copy`)."""
+        return copy.deepcopy(backbone.embedding()).requires_grad_(True)
 
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
-        """Before a stage's blocks (MoBaNet CPIA / KTB MAPA prompts)."""
+        """Before a stage's blocks (MoBaNet CPIA / KTB MAPA prompts, SegRGB-X prompt tokens)."""
         return r, x
 
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
-        """One block on both streams (adapters and cross prompts hook here)."""
-        return backbone.run_block(stage, index, r), backbone.run_block(stage, index, x)
+        """One block on both streams; recipes that hook inside a block call the halves
+        :meth:`Backbone.mixer` and :meth:`Backbone.mlp` with the stream named."""
+        return backbone.run_block(stage, index, r, "rgb"), backbone.run_block(stage, index, x, "x")
 
-    def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor:
-        """Fuse the stage's two maps (DGFM, DSCF, GPM, FRM/FFM)."""
+    def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor | StageOutput:
+        """Fuse the stage's two maps (DGFM, DSCF, GPM, FFM); a :class:`StageOutput` also
+        rewrites the maps the streams continue from (FRM)."""
         return r + x
 
     @abc.abstractmethod
@@ -62,11 +102,14 @@ class Recipe(nn.Module, abc.ABC):
 
 
 class DualStreamEngine(nn.Module):
-    """Walk a frozen backbone with two streams; the recipe holds everything trainable.
+    """Walk a backbone with two streams; the recipe holds the method's parts.
 
     Args:
-        backbone: a :class:`Backbone` (frozen here, and kept in eval mode).
+        backbone: a :class:`Backbone`; frozen here unless its mode was set before (the
+            registered builders set ``model.backbone_mode`` before building the recipe).
         recipe: the method's :class:`Recipe`.
+        default_meta: ``(dataset, modality)`` used for batches that carry no
+            :class:`SampleMeta` (prediction, evaluation).
 
     Attributes:
         fp32_stages: under autocast, the embeddings and this many first stages (hooks included)
@@ -74,15 +117,25 @@ class DualStreamEngine(nn.Module):
             rounding there to bfloat16's 8-bit mantissa shifts decisions that rest on small
             elevation differences (tree vs low vegetation): :class:`ModelRunner` sets 1 for
             reduced-precision prediction (measured in benchmarks/predict_bench.py).
+        masks_tokens: the task may hand :meth:`forward` a per-sample ``token_drop`` (KTB's MMST
+            on tokens).
     """
 
     fp32_stages = 0
+    masks_tokens = True
 
-    def __init__(self, backbone: Backbone, recipe: Recipe) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        recipe: Recipe,
+        default_meta: tuple[str | None, str | None] = (None, None),
+    ) -> None:
         super().__init__()
-        backbone.freeze()
+        if backbone.mode is None:
+            backbone.set_mode("frozen")
         self.backbone = backbone
         self.recipe = recipe
+        self.default_meta = default_meta
 
     def _precision(self, stage: int, like: Tensor) -> contextlib.AbstractContextManager:
         """float32 for the embeddings (stage -1) and stages below ``fp32_stages``."""
@@ -91,45 +144,88 @@ class DualStreamEngine(nn.Module):
             return torch.autocast(device, enabled=False)
         return contextlib.nullcontext()
 
-    #: the task may hand :meth:`forward` a per-sample ``token_drop`` (KTB's MMST on tokens)
-    masks_tokens = True
-
     def forward(
-        self, rgb: Tensor, x: Tensor | None = None, token_drop: tuple[Tensor, Tensor] | None = None
+        self,
+        rgb: Tensor,
+        x: Tensor | None = None,
+        token_drop: tuple[Tensor, Tensor] | None = None,
+        meta: SampleMeta | None = None,
     ) -> Tensor | dict[str, Any]:
         """Logits (or ``{"out", "aux"}`` in training) for ``rgb`` and ``x`` (B, C, H, W).
 
         ``token_drop``: per-sample booleans (B,) for RGB and X; those samples' whole token maps
         are zeroed right after patch embedding (KTB's MMST, METHODS.md section 1).
+        ``meta``: per-sample metadata (default: :attr:`default_meta` for every sample).
         """
         if x is None:
             raise ValueError("the dual-stream engine needs the X input (image_x)")
+        if meta is None:
+            meta = SampleMeta.repeat(rgb.shape[0], *self.default_meta)
         height, width = rgb.shape[-2:]
+        backbone, recipe = self.backbone, self.recipe
         with self._precision(-1, rgb):
-            r = self.backbone.embed(rgb)
-            s = self.recipe.embed_x(self.backbone, x)
+            rgb, x = recipe.prepare(rgb, x, meta)
+            r = backbone.embed(rgb, stream="rgb")
+            s = recipe.embed_x(backbone, x)
         if token_drop is not None:
             r, s = _drop(r, token_drop[0]), _drop(s, token_drop[1])
         fused, rgb_maps, x_maps = [], [], []
-        for i in range(len(self.backbone.stages)):
+        for i in range(len(backbone.stages)):
             with self._precision(i, rgb):
-                r, s = self.recipe.before_stage(i, r, s)
-                for j in range(len(self.backbone.blocks(i))):
-                    r, s = self.recipe.in_block(self.backbone, i, j, r, s)
-                fr = self.backbone.stage_output(i, r, "rgb")
-                fs = self.backbone.stage_output(i, s, "x")
-                fused.append(self.recipe.after_stage(i, fr, fs))
+                r, s = recipe.before_stage(i, r, s)
+                for j in range(len(backbone.blocks(i))):
+                    r, s = recipe.in_block(backbone, i, j, r, s)
+                fr = backbone.stage_output(i, r, "rgb")
+                fs = backbone.stage_output(i, s, "x")
+                out = recipe.after_stage(i, fr, fs)
+                new_r = new_s = None
+                if isinstance(out, StageOutput):
+                    out, new_r, new_s = out.fused, out.rgb, out.x
+                fused.append(out)
                 rgb_maps.append(fr)
                 x_maps.append(fs)
-                r, s = self.backbone.next_stage(i, r), self.backbone.next_stage(i, s)
-        padded = _padded_size(rgb, fused[0], self.backbone)
-        out = self.recipe.decode(fused, rgb_maps, x_maps, padded)
-        return _crop(out, height, width)
+                if i + 1 < len(backbone.stages):
+                    r = backbone.next_stage(i, backbone.continue_from(i, r, fr, new_r), "rgb")
+                    s = backbone.next_stage(i, backbone.continue_from(i, s, fs, new_s), "x")
+        padded = _padded_size(fused[0], backbone)
+        return _crop(recipe.decode(fused, rgb_maps, x_maps, padded), height, width)
+
+    def parameter_depths(self) -> tuple[dict[str, int], int]:
+        """Depth of every parameter (name -> 0..L+1) for layer-wise LR decay, and L.
+
+        Backbone parameters by :meth:`Backbone.parameter_depths`; recipe parts by where the
+        recipe declares them (:class:`Recipe`); anything else L + 1.
+        """
+        depths, total = self.backbone.parameter_depths("backbone.")
+        blocks = self.backbone.block_depths()
+        recipe = self.recipe
+        by_param: dict[int, int] = {}
+
+        def mark(module: nn.Module, depth: int) -> None:
+            for p in module.parameters():
+                by_param.setdefault(id(p), depth)
+
+        for name in recipe.embed_parts:
+            if (part := _part(recipe, name)) is not None:
+                mark(part, 0)
+        first = [b[0] if b else 0 for b in blocks]
+        last = [b[-1] if b else f for b, f in zip(blocks, first)]
+        for name, where in recipe.stage_parts.items():
+            for i, part in enumerate(_part(recipe, name) or ()):
+                mark(part, (first if where == "before" else last)[i])
+        for name in recipe.block_parts:
+            for i, stage in enumerate(_part(recipe, name) or ()):
+                for j, part in enumerate(stage):
+                    mark(part, blocks[i][j])
+        for name, p in recipe.named_parameters():
+            depths[f"recipe.{name}"] = by_param.get(id(p), total + 1)
+        return depths, total
 
 
-def build_engine(spec: Any, recipe: type[Recipe], method: str) -> DualStreamEngine:
-    """A registered method's model: its backbone (``model.backbone``, weights loaded) and its
-    recipe built from ``model.kwargs`` (minus ``backbone_kwargs``), on the engine.
+def build_engine(spec: ModelSpec, recipe: type[Recipe], method: str) -> DualStreamEngine:
+    """A registered method's model: its backbone (``model.backbone``, weights loaded, mode
+    ``model.backbone_mode`` set before the recipe is built, so PEFT parts the recipe injects stay
+    trainable) and its recipe built from ``model.kwargs`` (minus ``backbone_kwargs``).
 
     X inputs of 1 channel (DSM) or 3 (depth/thermal/... encoded to 3) fit the copied RGB patch
     embedding; others are refused.
@@ -139,8 +235,21 @@ def build_engine(spec: Any, recipe: type[Recipe], method: str) -> DualStreamEngi
     if spec.x_channels not in (1, 3):
         raise ValueError(f"{method} takes a 1- or 3-channel X input, got {spec.x_channels}")
     backbone = build_backbone(spec)
+    backbone.set_mode(spec.backbone_mode)  # type: ignore[arg-type]
     options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
-    return DualStreamEngine(backbone, recipe(backbone, spec.num_classes, **options))
+    return DualStreamEngine(
+        backbone,
+        recipe(backbone, spec.num_classes, **options),
+        default_meta=(spec.dataset, spec.modality),
+    )
+
+
+def _part(recipe: Recipe, name: str) -> Any:
+    """A declared part of the recipe, or None where this configuration builds none."""
+    try:
+        return recipe.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _drop(state: StreamState, selected: Tensor) -> StreamState:
@@ -152,7 +261,7 @@ def _drop(state: StreamState, selected: Tensor) -> StreamState:
     return state.with_patches(patches * keep)
 
 
-def _padded_size(rgb: Tensor, first: Tensor, backbone: Backbone) -> tuple[int, int]:
+def _padded_size(first: Tensor, backbone: Backbone) -> tuple[int, int]:
     reduction = backbone.stages[0].reduction
     return first.shape[-2] * reduction, first.shape[-1] * reduction
 

@@ -7,9 +7,9 @@ Recipe parts (ARCHITECTURE.md hook table, column KTB):
 * ``before_stage``: MAPA prompting, one :class:`CrossModalPrompt` per stage (ratio 1/8; the
   module MoBaNet's CPIA uses with 1/4);
 * ``in_block``: MAPA adaptation, one modality-specific :class:`BottleneckAdapter` (C -> C/16,
-  ReLU, dropout .1, zero-initialised up-projection, scale 0.5) per block and stream, run through
-  :meth:`Backbone.run_block_adapted` (reads the tokens after the attention residual, its output
-  is added after the FFN residual);
+  ReLU, dropout .1, zero-initialised up-projection, scale 0.5) per block and stream, on the
+  block halves :meth:`Backbone.mixer` / :meth:`Backbone.mlp` (it reads the tokens after the
+  attention residual, its output is added after the FFN residual);
 * ``after_stage``: one :class:`DSCF` per stage with :func:`dscf_stage_options`;
 * ``decode``: a fused SegFormer MLP head (512) on the DSCF pyramid and, in training only,
   RGB-only and X-only SegFormer heads (256) on the single-modality stage maps, returned as
@@ -17,13 +17,13 @@ Recipe parts (ARCHITECTURE.md hook table, column KTB):
 
 MMST whole-modality masking is the task's ``model.masking.mode=mmst`` (it zeroes the normalised
 inputs; the authors zero the token maps after the patch embedding, see
-:mod:`rsfusion.training.masking`). The frozen backbone stays in eval mode, so the paper's
-drop-path 0.3 is inactive here, as in every recipe on the engine.
+:mod:`rsfusion.training.masking`). The paper's drop-path 0.3 on the frozen Swin is
+``model.backbone_mode: stochastic_depth`` with ``model.drop_path_rate: 0.3`` (the paper
+configs set both).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
 from rsfusion.models.base import ModelSpec
 from rsfusion.models.engine import Recipe, build_engine
@@ -39,7 +40,7 @@ from rsfusion.models.heads import SegFormerHead
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
 from rsfusion.registry import register_model
 
-__all__ = ["KTB", "block_channels", "fit_dscf_options", "paper_stage"]
+__all__ = ["KTB", "fit_dscf_options", "paper_stage"]
 
 #: KTB's four paper stages (METHODS.md 1: DSCF strides, groups and heads are given per stage).
 PAPER_STAGES = 4
@@ -69,18 +70,6 @@ def fit_dscf_options(options: dict[str, Any], dim: int, reduction: int) -> dict[
     return {**options, "heads": heads, "groups": groups}
 
 
-def block_channels(backbone: Backbone) -> list[list[int]]:
-    """Output channels of every block, stage by stage (what each block adapter reads).
-
-    Constant-width stages (Swin, ViT) give the stage width; a CNN's stages may change width
-    block by block (``TimmCNNBackbone.block_channels``).
-    """
-    measured = getattr(backbone, "block_channels", None)
-    if measured is not None:
-        return [list(c) for c in measured]
-    return [[s.channels] * len(backbone.blocks(i)) for i, s in enumerate(backbone.stages)]
-
-
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -93,8 +82,8 @@ class KTB(Recipe):
     """KTB's trainable parts: X embedding, MAPA prompts and adapters, DSCF, three SegFormer heads.
 
     Args:
-        backbone: the frozen backbone (stages give the widths; its blocks must support
-            :meth:`Backbone.run_block_adapted`: Swin, ViT, timm CNNs).
+        backbone: the frozen backbone (stages give the widths; its blocks must split into
+            halves, :attr:`Backbone.splits_blocks`: Swin, ViT, timm CNNs).
         num_classes: output classes.
         prompt_ratio: MAPA prompt bottleneck ratio r (1/8 in KTB).
         adapter_reduction: adapter bottleneck reduction (C -> C/16).
@@ -110,6 +99,10 @@ class KTB(Recipe):
         aux_head_dim: RGB-only and X-only SegFormer head width (256).
         head_dropout: Dropout2d before each head's classifier.
     """
+
+    embed_parts = ("x_embed",)
+    stage_parts = {"prompts": "before", "dscf": "after"}
+    block_parts = ("adapters.rgb", "adapters.x")
 
     def __init__(
         self,
@@ -127,18 +120,19 @@ class KTB(Recipe):
         head_dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if type(backbone).run_block_adapted is Backbone.run_block_adapted:
-            raise ValueError(
+        if not backbone.splits_blocks:
+            raise BlockSplitError(
                 f"KTB needs block adapters, which backbone {backbone.name} "
-                f"({type(backbone).__name__}) does not implement (run_block_adapted)"
+                f"({type(backbone).__name__}) cannot take: its blocks do not split into "
+                "token-mixer and MLP halves"
             )
         dims = [s.channels for s in backbone.stages]
         n = len(dims)
-        self.x_embed = copy.deepcopy(backbone.embedding()).requires_grad_(True)
+        self.x_embed = self.copy_embedding(backbone)
         self.prompts = nn.ModuleList(
             CrossModalPrompt(c, prompt_ratio) for c in backbone.stage_input_channels()
         )
-        widths = block_channels(backbone)
+        widths = backbone.block_channels()
         self.adapters = nn.ModuleDict(
             {
                 m: nn.ModuleList(
@@ -154,7 +148,7 @@ class KTB(Recipe):
             }
         )
         crop = _pair(image_size) if image_size is not None else None
-        pad = int(getattr(backbone, "stride", 1))  # inputs are padded to this multiple
+        pad = backbone.stride  # inputs are padded to this multiple
         #: The DSCF keyword arguments of each stage (after fitting to the stage width).
         self.dscf_options: list[dict[str, Any]] = []
         for i, s in enumerate(backbone.stages):
@@ -187,10 +181,15 @@ class KTB(Recipe):
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
-        """MAPA adaptation: each stream's block with its own adapter."""
-        r = backbone.run_block_adapted(stage, index, r, self.adapters["rgb"][stage][index])
-        x = backbone.run_block_adapted(stage, index, x, self.adapters["x"][stage][index])
-        return r, x
+        """MAPA adaptation: each stream's block with its own adapter, which reads the tokens
+        after the mixer (attention) residual and is added after the MLP residual."""
+        out = []
+        for stream, state in (("rgb", r), ("x", x)):
+            mixed = backbone.mixer(stage, index, state, stream)
+            done = backbone.mlp(stage, index, mixed, stream)
+            delta = self.adapters[stream][stage][index](as_tokens(mixed.patches()))
+            out.append(done.with_patches(done.patches() + tokens_like(delta, done.patches())))
+        return out[0], out[1]
 
     def after_stage(self, stage: int, r: Tensor, x: Tensor) -> Tensor:
         return self.dscf[stage](r, x)

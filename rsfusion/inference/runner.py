@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsfusion.inference.fold import fold_batchnorm
+from rsfusion.models.peft.lora import fold_lora
 
 if TYPE_CHECKING:
     from rsfusion.inference.reader import InputNorm
@@ -77,7 +78,8 @@ class ModelRunner:
         fold_bn: fold eval BatchNorms into the convolutions feeding them, once the first batch
             has shown which feeds which (:func:`~rsfusion.inference.fold.fold_batchnorm`), and
             on CPUs fuse the ReLU / ReLU6 after them into the convolutions as oneDNN post-ops.
-            Like channels_last, this changes ``model`` in place.
+            Like channels_last, this changes ``model`` in place. LoRA layers are always folded
+            into their weights (:func:`~rsfusion.models.peft.lora.fold_lora`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class ModelRunner:
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be positive, got {self.scales}")
         self.model = model.eval().to(self.device)
+        self.lora_folded = fold_lora(self.model)  # W + (alpha / r) B A, one matmul per layer
         if hasattr(self.model, "fp32_stages"):  # dual-stream engine models
             self.model.fp32_stages = fp32_stages if self.precision != "fp32" else 0
         if self.channels_last:

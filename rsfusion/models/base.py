@@ -86,9 +86,11 @@ class SampleMeta:
 
 
 def _strings(value: Any) -> tuple[str | None, ...]:
+    """Collated strings as a tuple; ``""`` (what datasets put for "none": collation refuses
+    None) becomes None."""
     if isinstance(value, str):
-        return (value,)
-    return tuple(None if v is None else str(v) for v in value)
+        value = (value,)
+    return tuple(str(v) if v else None for v in value)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

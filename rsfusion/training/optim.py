@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rsfusion.config import OptimConfig
+from rsfusion.models.engine import DualStreamEngine
 
 _STAGED = re.compile(r"(?:^|\.)(?:layers|stages|levels)\.(\d+)\.(?:blocks|layers)\.(\d+)\.")
 _FLAT = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -49,28 +50,46 @@ def layer_ids(names: Iterable[str]) -> tuple[dict[str, int], int]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, lr: float = 1.0, layer_decay: float | None = None
+    model: nn.Module,
+    weight_decay: float,
+    lr: float = 1.0,
+    layer_decay: float | None = None,
+    backbone_lr: float | None = None,
 ) -> list[dict]:
-    """Trainable parameters only, grouped by (weight decay, LR scale).
+    """Trainable parameters only, grouped by (weight decay, base LR, LR scale).
 
     No weight decay on biases and other 1-D parameters. With ``layer_decay`` (CPAL: .95) a
-    parameter at depth ``i`` of ``L`` gets ``lr * layer_decay ** (L + 1 - i)``.
+    parameter at depth ``i`` of ``L`` gets ``lr * layer_decay ** (L + 1 - i)``; depths come
+    from the engine for dual-stream models (recipe parts at their stage's or block's depth,
+    :meth:`DualStreamEngine.parameter_depths`), else from the parameter names
+    (:func:`layer_ids`). ``backbone_lr`` replaces ``lr`` for a trainable backbone's parameters.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    ids, total = layer_ids(n for n, _ in named) if layer_decay else ({}, 0)
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    ids: dict[str, int] = {}
+    total = 0
+    if layer_decay:
+        if isinstance(model, DualStreamEngine):
+            ids, total = model.parameter_depths()
+        else:
+            ids, total = layer_ids(n for n, _ in named)
+    groups: dict[tuple[float, float, float], list[nn.Parameter]] = {}
     for name, p in named:
         decay = 0.0 if p.ndim <= 1 else weight_decay
         scale = layer_decay ** (total + 1 - ids[name]) if layer_decay else 1.0
-        groups.setdefault((decay, scale), []).append(p)
+        base = lr
+        if backbone_lr is not None and isinstance(model, DualStreamEngine):
+            base = backbone_lr if name.startswith("backbone.") else lr
+        groups.setdefault((decay, base, scale), []).append(p)
     return [
-        {"params": ps, "weight_decay": wd, "lr": lr * scale, "lr_scale": scale}
-        for (wd, scale), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))
+        {"params": ps, "weight_decay": wd, "lr": base * scale, "lr_scale": scale}
+        for (wd, base, scale), ps in sorted(
+            groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1], -kv[0][2])
+        )
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay, cfg.backbone_lr)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

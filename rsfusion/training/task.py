@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.config import OptimConfig
-from rsfusion.models.base import ModelSpec, build_model
+from rsfusion.models.base import ModelSpec, SampleMeta, build_model
+from rsfusion.models.engine import DualStreamEngine
 from rsfusion.training.losses import AuxSupervision, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
@@ -70,11 +71,20 @@ class SegmentationTask(LightningModule):
         )
 
     def forward(
-        self, rgb: Tensor, x: Tensor | None = None, token_drop: tuple[Tensor, Tensor] | None = None
+        self,
+        rgb: Tensor,
+        x: Tensor | None = None,
+        token_drop: tuple[Tensor, Tensor] | None = None,
+        meta: SampleMeta | None = None,
     ) -> Tensor | dict[str, Any]:
-        if token_drop is not None:
-            return self.model(rgb, x, token_drop=token_drop)
-        return self.model(rgb, x)
+        """The model's output; engine models also get MMST token drops and per-sample
+        metadata (datasets and X modalities from the batch)."""
+        extra: dict[str, Any] = {}
+        if token_drop is not None:  # only drawn for models that declare masks_tokens
+            extra["token_drop"] = token_drop
+        if isinstance(self.model, DualStreamEngine):
+            extra["meta"] = meta
+        return self.model(rgb, x, **extra)
 
     @staticmethod
     def logits(out: Tensor | dict[str, Any]) -> Tensor:
@@ -86,20 +96,22 @@ class SegmentationTask(LightningModule):
             x = torch.zeros_like(x)  # normalisation, as the training masks do
         elif self.drop == "rgb":
             rgb = torch.zeros_like(rgb)
-        logits = self.logits(self(rgb, x))
+        logits = self.logits(self(rgb, x, meta=SampleMeta.from_batch(batch)))
         return self.criterion(logits, batch["mask"]), logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         n = batch["mask"].shape[0]
         rgb, x = batch["image"], batch.get("image_x")
+        meta = SampleMeta.from_batch(batch)
         cfg = self.masking.cfg
         if cfg.where == "tokens" and getattr(self.model, "masks_tokens", False):
             # KTB's MMST: the draw is made here, the zeros land on the tokens after embedding
             info = self.masking.draw(n, *rgb.shape[-2:]) if x is not None else None
-            out = self(rgb, x, token_drop=None if info is None else (info.rgb, info.x))
+            drop = None if info is None else (info.rgb, info.x)
+            out = self(rgb, x, token_drop=drop, meta=meta)
         else:
             rgb, x, _ = self.masking(rgb, x)
-            out = self(rgb, x)
+            out = self(rgb, x, meta=meta)
         if self.aux_loss is None:
             loss = self.criterion(self.logits(out), batch["mask"])
         else:

@@ -186,13 +186,13 @@ def test_backbone_without_block_adapters_is_refused():
         def embedding(self) -> nn.Module:
             return nn.Identity()
 
-        def embed(self, image: Tensor, embedding: nn.Module | None = None) -> StreamState:
+        def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
             return StreamState(image, image.shape[-2:])
 
         def blocks(self, stage: int) -> list[nn.Module]:
             return []
 
-        def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
+        def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
             return state.data
 
     with pytest.raises(ValueError, match="block adapters"):

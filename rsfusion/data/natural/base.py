@@ -291,7 +291,9 @@ class NaturalRGBXDataset(NonGeoDataset):
         sample = {"image": torch.from_numpy(rgb), "mask": torch.from_numpy(mask)}
         if x is not None:
             sample["image_x"] = torch.from_numpy(normalise_x(x, self.x_norm))
-        return self.transform(sample) if self.transform is not None else sample
+        sample = self.transform(sample) if self.transform is not None else sample
+        # per-sample metadata (collated to lists): the card and its X modality (SegRGB-X)
+        return {**sample, "dataset": self.card.name, "modality": self.x or ""}
 
     def file_groups(self) -> list[tuple[str, ...]]:
         """Pattern groups a sample needs, one file of each (modalities read, then labels)."""

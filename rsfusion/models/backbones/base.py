@@ -48,7 +48,9 @@ BackboneMode = Literal["frozen", "stochastic_depth", "trainable"]
 #: (KTB 0.3, CPAL 0.5); ``trainable``: an ordinary trainable backbone (SegRGB-X's MiT).
 BACKBONE_MODES: tuple[str, ...] = ("frozen", "stochastic_depth", "trainable")
 
-_STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar("rsfusion_stream", default=None)
+_STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "rsfusion_stream", default=None
+)
 
 
 @contextlib.contextmanager
@@ -147,7 +149,10 @@ class StreamState:
         if not self.is_tokens:
             raise ValueError("extra tokens need a token-layout stream (B, N, C), not a map")
         return StreamState(
-            torch.cat([self.data, tokens], dim=1), self.hw, self.prefix, self.extra + tokens.shape[1]
+            torch.cat([self.data, tokens], dim=1),
+            self.hw,
+            self.prefix,
+            self.extra + tokens.shape[1],
         )
 
     def drop_extra(self) -> tuple[StreamState, Tensor]:

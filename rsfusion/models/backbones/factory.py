@@ -33,6 +33,10 @@ def build_backbone(spec: ModelSpec) -> Backbone:
         from rsfusion.models.backbones.swin import SwinBackbone
 
         backbone = SwinBackbone(spec.backbone, **kwargs)
+    elif spec.backbone.startswith("mit_"):
+        from rsfusion.models.backbones.mit import MiTBackbone
+
+        backbone = MiTBackbone(spec.backbone, **kwargs)
     else:
         from rsfusion.models.backbones.cnn import TimmCNNBackbone
 

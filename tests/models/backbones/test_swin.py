@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from timm.layers import resize_rel_pos_bias_table
 from torch import Tensor, nn
 
+from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StreamState
 from rsfusion.models.backbones.swin import SwinBackbone, shift_window_mask
 from rsfusion.models.backbones.swin_weights import load_swin_weights
@@ -152,57 +153,58 @@ def vit() -> ViTBackbone:
 
 
 @pytest.mark.parametrize("make", [lambda: tiny(window_size=4), vit], ids=["swin", "vit"])
-def test_zero_adapter_equals_run_block(make) -> None:
+def test_block_halves_compose_to_the_block(make) -> None:
     backbone = make()
+    assert backbone.splits_blocks
     for i, j, state in _states(backbone, torch.randn(1, 3, 64, 64)):
         with torch.no_grad():
             plain = backbone.run_block(i, j, state).data
-            zero = backbone.run_block_adapted(i, j, state, torch.zeros_like).data
-            one = backbone.run_block_adapted(i, j, state, torch.ones_like).data
-        assert torch.equal(zero, plain)
-        p = state.prefix
-        assert torch.equal(one[:, :p], plain[:, :p])  # prefix tokens get no delta
-        torch.testing.assert_close(one[:, p:], plain[:, p:] + 1)
+            halves = backbone.mlp(i, j, backbone.mixer(i, j, state, "x"), "x")
+        assert torch.equal(halves.data, plain)
+        assert (halves.hw, halves.prefix) == (state.hw, state.prefix)
 
 
 @pytest.mark.parametrize("make", [lambda: tiny(window_size=4), vit], ids=["swin", "vit"])
-def test_adapter_reads_tokens_after_attention_residual(make) -> None:
+def test_mixer_half_is_the_block_up_to_the_attention_residual(make) -> None:
     backbone = make()
     no_ffn = copy.deepcopy(backbone)  # zero FFN: the block's output is t + attn(t)
     for block in (b for i in range(len(no_ffn.stages)) for b in no_ffn.blocks(i)):
         nn.init.zeros_(block.mlp.fc2.weight)
         nn.init.zeros_(block.mlp.fc2.bias)
-    seen: list[Tensor] = []
     for i, j, state in _states(backbone, torch.randn(1, 3, 64, 64))[:3]:
         with torch.no_grad():
-            backbone.run_block_adapted(i, j, state, lambda t: seen.append(t) or torch.zeros_like(t))
+            mixed = backbone.mixer(i, j, state, "rgb").data
             block = no_ffn.blocks(i)[j]
             if isinstance(backbone, SwinBackbone):  # timm's own block forward, NHWC
                 b, n, c = state.data.shape
                 t1 = block(state.data.reshape(b, *state.hw, c)).reshape(b, n, c)
             else:
-                t1 = block(state.data)[:, state.prefix :]
-        assert torch.equal(seen[-1], t1)
+                t1 = block(state.data)
+        assert torch.equal(mixed, t1)
 
 
-def test_base_backbone_refuses_adapters() -> None:
+def test_base_backbone_refuses_block_halves_by_a_named_error() -> None:
     class Plain(Backbone):
         name = "plain"
 
         def embedding(self) -> nn.Module:
             return nn.Identity()
 
-        def embed(self, image: Tensor, embedding: nn.Module | None = None) -> StreamState:
+        def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
             return StreamState(image, image.shape[-2:])
 
         def blocks(self, stage: int) -> list[nn.Module]:
             return [nn.Identity()]
 
-        def stage_output(self, stage: int, state: StreamState, stream: str = "rgb") -> Tensor:
+        def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
             return state.data
 
-    with pytest.raises(NotImplementedError, match="plain"):
-        Plain().run_block_adapted(0, 0, StreamState(torch.zeros(1, 1, 2, 2), (2, 2)), lambda t: t)
+    state = StreamState(torch.zeros(1, 1, 2, 2), (2, 2))
+    assert not Plain.splits_blocks
+    assert torch.equal(Plain().run_block(0, 0, state).data, state.data)
+    for half in ("mixer", "mlp"):
+        with pytest.raises(BlockSplitError, match="plain"):
+            getattr(Plain(), half)(0, 0, state)
 
 
 # --- weights ------------------------------------------------------------------------------

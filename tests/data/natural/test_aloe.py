@@ -90,7 +90,7 @@ def test_augmentation_keeps_rgb_depth_and_mask_together(release):
         root, "train", x="depth", encodings={"depth": "metres"}, x_norm=XNorm("scale", 1.0)
     )
     sample = ds[0]
-    batch = {k: v[None] for k, v in sample.items()}
+    batch = {k: v[None] for k, v in sample.items() if torch.is_tensor(v)}
     out = PairedAugment(hflip=1.0, vflip=0.0, rot90=False)(batch)
     flipped_unknown = torch.from_numpy(disparity == 0).flip(-1)
     assert torch.equal(out["mask"][0] == 255, flipped_unknown)

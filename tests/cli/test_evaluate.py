@@ -60,6 +60,15 @@ def test_slim_checkpoint_lacks_the_frozen_backbone(trained):
     assert len(ckpt["rsfusion"]["frozen_sha256"]) == 64
 
 
+def test_the_checkpoint_fills_per_sample_metadata_for_prediction(trained):
+    """Engine v2: prediction has no batch metadata; the model rebuilt from the checkpoint
+    fills it with the card and X modality it was trained on."""
+    from rsfusion.inference.predict import load_predictor
+
+    model, meta = load_predictor(trained)
+    assert model.default_meta == (meta["card"], meta["x_modality"]) == ("vaihingen", "dsm")
+
+
 def test_a_different_frozen_backbone_is_refused(trained, tmp_path, vaihingen_root, capsys):
     code = _evaluate(trained, tmp_path / "e2", vaihingen_root, "seed=7")  # other random init
     assert code == 2

@@ -279,3 +279,41 @@ def test_the_readme_hook_table_is_the_recipe_api_and_recipes_use_only_it():
     # the backbone calls the table names exist on the protocol
     for call in ("embed", "run_block", "mixer", "mlp", "stage_output", "next_stage"):
         assert call in vars(Backbone)
+
+
+# --------------------------------------------------------------------------- block halves
+class Interleaved(Head):
+    """CPAL's four interleaved residual updates (METHODS.md section 2) on the block halves:
+    mixer of RGB, of X, MLP of RGB, of X, each adding a prompt of the other stream's updated
+    tokens (here a fixed scale ``p`` of them)."""
+
+    def __init__(self, dim: int, p: float) -> None:
+        super().__init__(dim)
+        self.p, self.reads = p, []
+
+    def in_block(self, backbone, stage, index, r, x):
+        def prompted(state, other):
+            self.reads.append(other.patches())
+            return state.with_patches(state.patches() + self.p * other.patches())
+
+        r = prompted(backbone.mixer(stage, index, r, "rgb"), x)
+        x = prompted(backbone.mixer(stage, index, x, "x"), r)
+        r = prompted(backbone.mlp(stage, index, r, "rgb"), x)
+        x = prompted(backbone.mlp(stage, index, x, "x"), r)
+        return r, x
+
+
+def test_cpal_style_interleaved_halves_read_the_other_streams_updated_tokens():
+    rgb, x = torch.rand(1, 3, 28, 28), torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        plain = DualStreamEngine(tiny_vit(), Head(32)).eval()(rgb, x)
+        zero = DualStreamEngine(tiny_vit(), Interleaved(32, 0.0)).eval()(rgb, x)
+        recipe = Interleaved(32, 0.1)
+        DualStreamEngine(tiny_vit(), recipe).eval()(rgb, x)
+    torch.testing.assert_close(zero, plain, rtol=1e-5, atol=1e-6)  # zero prompts: the blocks
+    backbone = tiny_vit()
+    with torch.no_grad():  # the first block by hand: X's mixer update reads the prompted RGB
+        r0, x0 = backbone.embed(rgb), backbone.embed(x, stream="x")
+        r1 = backbone.mixer(0, 0, r0)
+        r1 = r1.with_patches(r1.patches() + 0.1 * x0.patches())
+    torch.testing.assert_close(recipe.reads[1], r1.patches())

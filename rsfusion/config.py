@@ -259,6 +259,29 @@ def _check_trainer(trainer: Mapping[str, Any], where: Callable[[KeyPath], str]) 
             convert(params[key], value, path, where)
 
 
+def _check_model(model: ModelConfig, where: Callable[[KeyPath], str]) -> None:
+    """``model.name`` is registered and ``model.kwargs`` are options it takes, of their types
+    (closed sets of strings included); the closest valid name or value is suggested."""
+    from rsfusion.registry import MODELS, model_options
+
+    try:
+        params = model_options(model.name, model.arch)
+    except KeyError:
+        close = difflib.get_close_matches(model.name, list(MODELS), n=1)
+        fix = f"did you mean '{close[0]}'?" if close else f"registered: {', '.join(MODELS)}"
+        raise ConfigError(
+            f"model.name: unknown model '{model.name}' (in {where(('model', 'name'))}); {fix}"
+        ) from None
+    if params is None:
+        return
+    for key, value in model.kwargs.items():
+        path = ("model", "kwargs", key)
+        if key not in params:
+            raise unknown_key(path, list(params), where(path), f"option of {model.name}")
+        if _cheap_check(params[key]):
+            convert(params[key], value, path, where)
+
+
 # ---------------------------------------------------------------- public API
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load, merge (``base:``), override (``a.b=v``) and validate an experiment config.
@@ -290,6 +313,7 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Expe
         cfg = build(ExperimentConfig, data, (), where, name=path.stem)
         if cfg.trainer:
             _check_trainer(cfg.trainer, where)
+        _check_model(cfg.model, where)
     except TypeMismatch as err:
         raise type_error(err, where(err.path)) from None
     return cfg

@@ -266,3 +266,46 @@ def test_empty_section_is_defaults_and_misplaced_key_points_to_section(tmp_path:
     bad = write(tmp_path, "bad.yaml", "window: 512\n")
     with pytest.raises(ConfigError, match="unknown key 'window' in .*did you mean 'data.window'"):
         load_config(bad)
+
+
+# --- model.kwargs are checked against the registered model's options ---------------------
+def test_a_misspelled_recipe_option_names_the_closest(capsys: pytest.CaptureFixture) -> None:
+    from rsfusion.cli.train import main
+
+    assert (
+        main(["--cfg", "demo_mobanet", "--set", "model.kwargs.promt_ratio=0.3", "--dry-run"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert (
+        "model.kwargs.promt_ratio" in err[0]
+        and "did you mean 'model.kwargs.prompt_ratio'" in err[0]
+    )
+
+
+def test_a_misspelled_option_value_is_refused_not_silently_off() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'adapter'") as err:
+        load_config("demo_mobanet", ["model.kwargs.cpia=adaptr"])
+    assert "one of 'prompt', 'adapter'" in str(err.value)
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config("demo_ktb", ["model.kwargs.prompt_ratio=high"])
+    from rsfusion.models.backbones.vit import ViTBackbone
+    from rsfusion.models.mobanet import MoBaNet
+
+    vit = ViTBackbone("vit_small_patch14_dinov2", depth=2, embed_dim=32, num_heads=2)
+    with pytest.raises(ValueError, match="'prompt' or 'adapter'"):
+        MoBaNet(vit, 3, cpia="adaptr")  # the constructor refuses it too
+
+
+def test_unknown_model_name_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'mobanet'"):
+        load_config("demo_mobanet", ["model.name=mobanett"])
+
+
+def test_every_shipped_config_passes_the_option_check() -> None:
+    from rsfusion.paths import configs_dir
+
+    names = sorted(p.stem for p in configs_dir().glob("*.yaml"))
+    assert len(names) > 20
+    for name in names:
+        load_config(name)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rsfusion.models.base import ModelSpec
-from rsfusion.registry import register_model
+from rsfusion.registry import ModelOptions, register_model
 
 
 class WeightsError(RuntimeError):
@@ -111,11 +111,19 @@ class EarlyFusion(nn.Module):
         return self.net(torch.cat([rgb, x], dim=1))
 
 
-@register_model("rgb_only")
+#: ``model.kwargs`` of the baselines: the smp architecture's keyword arguments (``model.arch``),
+#: less those the builder sets.
+SMP_OPTIONS = ModelOptions(
+    lambda arch: getattr(smp, arch, None),
+    fixed=("encoder_name", "encoder_weights", "in_channels", "classes"),
+)
+
+
+@register_model("rgb_only", SMP_OPTIONS)
 def rgb_only(spec: ModelSpec) -> nn.Module:
     return RGBOnly(spec)
 
 
-@register_model("early_fusion")
+@register_model("early_fusion", SMP_OPTIONS)
 def early_fusion(spec: ModelSpec) -> nn.Module:
     return EarlyFusion(spec)

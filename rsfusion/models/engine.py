@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
 from rsfusion.models.base import ModelSpec, SampleMeta
+from rsfusion.registry import ModelOptions
 
-__all__ = ["DualStreamEngine", "Recipe", "StageOutput", "build_engine"]
+__all__ = ["DualStreamEngine", "Recipe", "StageOutput", "build_engine", "recipe_options"]
 
 
 @dataclass
@@ -220,6 +221,12 @@ class DualStreamEngine(nn.Module):
         for name, p in recipe.named_parameters():
             depths[f"recipe.{name}"] = by_param.get(id(p), total + 1)
         return depths, total
+
+
+def recipe_options(recipe: type[Recipe]) -> ModelOptions:
+    """``model.kwargs`` of an engine model: the recipe's keyword parameters and
+    ``backbone_kwargs`` (passed to the backbone's constructor)."""
+    return ModelOptions(lambda arch: recipe, extra={"backbone_kwargs": dict[str, Any]})
 
 
 def build_engine(spec: ModelSpec, recipe: type[Recipe], method: str) -> DualStreamEngine:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.engine import Recipe, build_engine
+from rsfusion.models.engine import Recipe, build_engine, recipe_options
 from rsfusion.models.fusion import DSCF, dscf_stage_options
 from rsfusion.models.heads import SegFormerHead
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
@@ -209,7 +209,7 @@ def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
-@register_model("ktb")
+@register_model("ktb", recipe_options(KTB))
 def ktb(spec: ModelSpec) -> nn.Module:
     """KTB on the dual-stream engine; recipe options from ``model.kwargs`` (see :class:`KTB`)."""
     return build_engine(spec, KTB, "KTB")

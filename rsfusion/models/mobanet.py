@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
 from rsfusion.models.backbones.factory import LITE0_WEIGHTS, build_backbone, load_backbone_weights
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.engine import Recipe, build_engine
+from rsfusion.models.engine import Recipe, build_engine, recipe_options
 from rsfusion.models.fusion import DGFM
 from rsfusion.models.heads import AuxHead, UPerNetHead
 from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
@@ -60,6 +60,8 @@ class MoBaNet(Recipe):
         head_channels: int = 64,
     ) -> None:
         super().__init__()
+        if cpia not in ("prompt", "adapter"):
+            raise ValueError(f"MoBaNet cpia must be 'prompt' or 'adapter', got {cpia!r}")
         dims = [s.channels for s in backbone.stages]
         self.cpia_mode = cpia
         self.x_embed = self.copy_embedding(backbone)
@@ -137,7 +139,7 @@ class MoBaNet(Recipe):
         return {"out": out, "aux": aux}
 
 
-@register_model("mobanet")
+@register_model("mobanet", recipe_options(MoBaNet))
 def mobanet(spec: ModelSpec) -> nn.Module:
     """MoBaNet on the dual-stream engine; recipe options from ``model.kwargs``."""
     return build_engine(spec, MoBaNet, "MoBaNet")

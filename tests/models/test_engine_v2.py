@@ -317,3 +317,46 @@ def test_cpal_style_interleaved_halves_read_the_other_streams_updated_tokens():
         r1 = backbone.mixer(0, 0, r0)
         r1 = r1.with_patches(r1.patches() + 0.1 * x0.patches())
     torch.testing.assert_close(recipe.reads[1], r1.patches())
+
+
+def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation():
+    """Lightning keeps submodules in the mode they were built in (it never calls .train() at
+    fit start): the backbone must come out of the builder in its training-time state."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from rsfusion.training.task import SegmentationTask
+
+    task = SegmentationTask(
+        model=_spec("stochastic_depth", drop=0.5).__dict__, optim={"lr": 1e-3},
+        ignore_index=255, metric_classes=[0, 1, 2], class_names=["a", "b", "c"], meta={},
+    )  # fmt: skip
+    seen: dict[str, list[bool]] = {"train": [], "val": []}
+
+    class Spy(L.Callback):
+        def _flags(self, module) -> list[bool]:
+            return [m.training for m in module.model.backbone.modules() if isinstance(m, DropPath)]
+
+        def on_train_batch_start(self, trainer, module, batch, idx):
+            seen["train"] += self._flags(module)
+
+        def on_validation_batch_start(self, trainer, module, batch, idx, dataloader_idx=0):
+            seen["val"] += self._flags(module)
+
+    gen = torch.Generator().manual_seed(0)
+    data = [
+        {
+            "image": torch.rand(3, 28, 28, generator=gen),
+            "image_x": torch.rand(1, 28, 28, generator=gen),
+            "mask": torch.randint(0, 3, (28, 28), generator=gen),
+        }
+        for _ in range(4)
+    ]
+    loader = DataLoader(data, batch_size=2)
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Spy()],
+    )  # fmt: skip
+    trainer.fit(task, loader, loader)
+    assert seen["train"] and all(seen["train"])
+    assert seen["val"] and not any(seen["val"])

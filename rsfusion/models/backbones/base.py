@@ -387,7 +387,9 @@ class Backbone(nn.Module, abc.ABC):
         for p in self.parameters():
             if not getattr(p, "_rsfusion_peft", False):
                 p.requires_grad_(mode == "trainable")
-        self.train(self.training)
+        # the mode last asked for by train() (a new module is in training mode), not the
+        # eval-forced flag: Lightning keeps submodules in whatever mode they were built in
+        self.train(self.__dict__.get("_asked_training", True))
 
     def freeze(self) -> None:
         """Freeze every parameter and keep norm statistics fixed (mode ``frozen``)."""
@@ -396,6 +398,7 @@ class Backbone(nn.Module, abc.ABC):
     def train(self, mode: bool = True) -> Backbone:
         """Trainable: as any module. Frozen: always eval (dropout and drop-path off, BatchNorm
         statistics fixed). Stochastic depth: eval, but drop-path follows ``mode``."""
+        self.__dict__["_asked_training"] = mode
         if self.mode == "trainable":
             return super().train(mode)
         super().train(False)

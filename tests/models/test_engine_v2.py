@@ -321,14 +321,20 @@ def test_cpal_style_interleaved_halves_read_the_other_streams_updated_tokens():
 
 def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation():
     """Lightning keeps submodules in the mode they were built in (it never calls .train() at
-    fit start): the backbone must come out of the builder in its training-time state."""
+    fit start): the backbone must come out of the builder in its training-time state, also a
+    Swin that puts itself in eval mode while it is built (KTB's paper configs)."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     from rsfusion.training.task import SegmentationTask
+    from tests.models.test_ktb import HEADS, SWIN, TINY_SWIN
 
+    spec = ModelSpec(
+        "ktb", 3, 3, 1, backbone=SWIN, kwargs={"backbone_kwargs": TINY_SWIN, **HEADS},
+        backbone_mode="stochastic_depth", drop_path_rate=0.5,
+    )  # fmt: skip
     task = SegmentationTask(
-        model=_spec("stochastic_depth", drop=0.5).__dict__, optim={"lr": 1e-3},
+        model=spec.__dict__, optim={"lr": 1e-3},
         ignore_index=255, metric_classes=[0, 1, 2], class_names=["a", "b", "c"], meta={},
     )  # fmt: skip
     seen: dict[str, list[bool]] = {"train": [], "val": []}

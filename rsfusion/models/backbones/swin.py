@@ -106,8 +106,7 @@ class SwinBackbone(Backbone):
             copy.deepcopy(self.output_norm(i)) for i in range(len(self.stages))
         )
         self._masks: dict[tuple, Tensor] = {}
-        self.freeze()
-        self.eval()
+        self.freeze()  # eval mode until the engine's builder sets the configured mode
 
     def output_norm(self, stage: int, stream: str = "rgb") -> nn.Module:
         """The LayerNorm applied to a stage's output: pre-trained (RGB) or its frozen copy (X)."""

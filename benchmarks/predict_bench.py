@@ -40,10 +40,10 @@ import torch
 from predict_memory import write_pair  # benchmarks/ is on sys.path when run as a script
 
 from rsfusion.allocator import keep_freed_memory
+from rsfusion.data.windows import batched, plan_windows
 from rsfusion.inference.predict import PredictOptions, load_predictor, pair_spec, predict_pair
 from rsfusion.inference.reader import WindowReader
 from rsfusion.inference.runner import ModelRunner, cpu_has_bf16
-from rsfusion.inference.windows import batched, plan_windows
 
 
 def _interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:

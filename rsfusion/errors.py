@@ -7,7 +7,7 @@ command-line tools print it as one ``error:`` line.
 
 from __future__ import annotations
 
-__all__ = ["BlockSplitError", "RsfusionError", "UserError"]
+__all__ = ["BlockSplitError", "RsfusionError", "UserError", "WeightsError"]
 
 
 class RsfusionError(Exception):
@@ -21,3 +21,7 @@ class UserError(RsfusionError, ValueError):
 class BlockSplitError(UserError, NotImplementedError):
     """A backbone cannot split its blocks into token-mixer and MLP halves (or cannot run them
     with extra prompt tokens), which a recipe's block-level parts need."""
+
+
+class WeightsError(UserError):
+    """Pre-trained weights were asked for (``model.weights``) and cannot be had or do not fit."""

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_trained(task: Any, ckpt_path: str) -> dict[str, Any]:
     """Load a (slim) checkpoint into a freshly built task; refuse one that does not fit."""
-    from rsfusion.training.task import frozen_digest
+    from rsfusion.models.checkpoint import frozen_digest
 
     saved = read_checkpoint("--ckpt", ckpt_path)
     check_fits("--ckpt", ckpt_path, saved, task.hparams.meta)

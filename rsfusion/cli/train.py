@@ -18,8 +18,8 @@ from rsfusion.data.natural.encodings import EncodingError
 from rsfusion.data.natural.matfile import MatFileError
 from rsfusion.data.natural.readers import SampleFormatError
 from rsfusion.data.tiles import TileError, find_tiles
+from rsfusion.errors import WeightsError
 from rsfusion.models.base import ModelSpec, count_parameters
-from rsfusion.models.baselines import WeightsError
 
 
 class CheckpointMismatchError(ValueError):

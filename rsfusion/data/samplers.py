@@ -2,7 +2,7 @@
 
 torchgeo's GridGeoSampler anchors windows bottom-left, runs past the top/right edges and yields
 nothing for a tile smaller than the window. This sampler walks each tile's own pixel grid with
-:func:`rsfusion.inference.windows.plan_windows`: every pixel covered, no window outside a tile
+:func:`rsfusion.data.windows.plan_windows`: every pixel covered, no window outside a tile
 (the last one on each axis is pulled back inside), and a tile smaller than the window still
 gets one window (padded by the reader; labels there decode to the ignore index).
 """
@@ -19,7 +19,7 @@ from torchgeo.samplers import RandomGeoSampler
 from torchgeo.samplers.utils import get_random_bounding_box
 
 from rsfusion.data.tiles import Tile
-from rsfusion.inference.windows import plan_windows
+from rsfusion.data.windows import plan_windows
 
 
 class TileGridSampler(Sampler[GeoSlice]):

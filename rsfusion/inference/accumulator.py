@@ -2,7 +2,7 @@
 
 Instead of whole-scene float arrays (whose memory grows with the raster), a
 :class:`RowBandAccumulator` holds only a band of rows that can still receive windows. A
-predictor walking windows row-major (as :func:`~rsfusion.inference.windows.plan_windows` orders
+predictor walking windows row-major (as :func:`~rsfusion.data.windows.plan_windows` orders
 them) adds each batch, then flushes every row above the next window's ``row_off``, and writes the
 blended rows out::
 

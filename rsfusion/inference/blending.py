@@ -1,7 +1,7 @@
 """Weight maps for blending overlapping sliding-window predictions.
 
 A window plan with ``stride = window - overlap`` (see
-:func:`~rsfusion.inference.windows.plan_windows`) makes neighbouring windows share ``overlap``
+:func:`~rsfusion.data.windows.plan_windows`) makes neighbouring windows share ``overlap``
 pixels. :func:`weight_map` gives each window a weight that fades towards its edges, where the
 network sees least context, and :func:`edge_aware` lifts that fade on the sides of a window that
 touch the raster border, where no neighbour exists.

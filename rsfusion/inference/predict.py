@@ -24,12 +24,12 @@ import torch
 from rasterio.windows import Window
 
 from rsfusion.data.normalise import XNorm
+from rsfusion.data.windows import batched, plan_windows
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
 from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mask
 from rsfusion.inference.runner import ModelRunner
-from rsfusion.inference.windows import batched, plan_windows
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
 from rsfusion.models.base import ModelSpec, build_model
 
@@ -76,7 +76,7 @@ class PredictOptions:
 
 def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model of a checkpoint and its metadata; refuses a different frozen backbone."""
-    from rsfusion.training.task import frozen_digest
+    from rsfusion.models.checkpoint import frozen_digest
 
     path = Path(ckpt_path)
     if not path.is_file():

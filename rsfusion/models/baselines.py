@@ -9,12 +9,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import Tensor, nn
 
+from rsfusion.errors import WeightsError
 from rsfusion.models.base import ModelSpec
 from rsfusion.registry import ModelOptions, register_model
-
-
-class WeightsError(RuntimeError):
-    """Pre-trained weights were asked for and cannot be had."""
 
 
 def _adapt_first_conv(state: dict[str, Tensor], model_state: dict[str, Tensor]) -> None:

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.config import OptimConfig
 from rsfusion.models.base import ModelSpec, SampleMeta, build_model
+from rsfusion.models.checkpoint import frozen_digest
 from rsfusion.models.engine import DualStreamEngine
 from rsfusion.training.losses import AuxSupervision, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
@@ -204,11 +205,3 @@ def reseed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def frozen_digest(model: nn.Module) -> str | None:
-    """SHA-256 over the frozen parameters (name, shape, dtype, bytes); None when none is frozen."""
-    from rsfusion.models.backbones.weights import tensors_digest
-
-    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-    return tensors_digest(frozen) if frozen else None

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
+from rsfusion.data.windows import batched, plan_windows
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.blending import edge_aware, weight_map
-from rsfusion.inference.windows import batched, plan_windows
 
 
 def _naive(height, width, channels, wins, values, weights):

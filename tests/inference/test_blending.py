@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
+from rsfusion.data.windows import plan_windows
 from rsfusion.inference.blending import edge_aware, profile_1d, weight_map
-from rsfusion.inference.windows import plan_windows
 
 MODES = ["cosine", "linear", "none"]
 

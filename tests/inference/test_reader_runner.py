@@ -7,9 +7,9 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
+from rsfusion.data.windows import batched, plan_windows
 from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, read_window
 from rsfusion.inference.runner import ModelRunner, resolve_precision
-from rsfusion.inference.windows import batched, plan_windows
 
 
 def _spec(root, **kw):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from rsfusion.errors import WeightsError
 from rsfusion.models import ModelSpec, build_model
 from rsfusion.models.base import count_parameters
-from rsfusion.models.baselines import WeightsError
 
 SPEC = dict(num_classes=6, rgb_channels=3, x_channels=1, arch="Unet", backbone="resnet18")
 

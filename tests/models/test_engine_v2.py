@@ -108,7 +108,7 @@ def test_trainable_backbone_moves_under_the_optimiser_with_its_own_lr():
     moved = [n for n, p in model.backbone.named_parameters() if not torch.equal(p, before[n])]
     assert "vit.blocks.0.attn.qkv.weight" in moved and "vit.patch_embed.proj.weight" in moved
     # the trainable backbone is in the checkpoint: nothing is frozen to leave out
-    from rsfusion.training.task import frozen_digest
+    from rsfusion.models.checkpoint import frozen_digest
 
     assert frozen_digest(model) is None
 

@@ -59,8 +59,8 @@ def test_both_cpia_forms_train_and_count_parameters(cpia):
 
 
 def test_backbone_weights_from_a_local_file_or_a_clear_error(tmp_path):
+    from rsfusion.errors import WeightsError
     from rsfusion.models.backbones.weights import weights_digest
-    from rsfusion.models.baselines import WeightsError
 
     donor = _model()
     path = tmp_path / "vit.pth"

@@ -100,7 +100,8 @@ def test_missing_checkpoint_file_is_named(tmp_path, vaihingen_root, capsys):
 
 @pytest.mark.parametrize("frozen", [True])
 def test_checkpoint_leaves_out_frozen_weights(frozen, tmp_path):
-    from rsfusion.training.task import SegmentationTask, frozen_digest
+    from rsfusion.models.checkpoint import frozen_digest
+    from rsfusion.training.task import SegmentationTask
 
     model = dict(name="rgb_only", num_classes=6, rgb_channels=3, x_channels=0)
     task = SegmentationTask(model, {}, 255, [0, 1, 2, 3, 4], list("abcdef"))

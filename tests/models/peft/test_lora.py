@@ -9,9 +9,9 @@ from torch import nn
 
 from rsfusion.models.backbones.base import stream_scope
 from rsfusion.models.backbones.vit import ViTBackbone
+from rsfusion.models.checkpoint import frozen_digest
 from rsfusion.models.engine import DualStreamEngine
 from rsfusion.models.peft import LoRALinear, fold_lora, inject_lora, lora_scope, unfold_lora
-from rsfusion.training.task import frozen_digest
 from tests.models.test_engine_v2 import Head
 
 TINY = {"depth": 4, "embed_dim": 32, "num_heads": 2, "img_size": 28}

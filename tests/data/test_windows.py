@@ -1,4 +1,4 @@
-"""Tests for rsfusion.inference.windows."""
+"""Tests for rsfusion.data.windows."""
 
 import math
 import random
@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from rsfusion.inference.windows import batched, plan_windows, window_padding
+from rsfusion.data.windows import batched, plan_windows, window_padding
 
 
 def _expected_count(size: int, window: int, stride: int) -> int:

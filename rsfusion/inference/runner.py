@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsfusion.inference.fold import fold_batchnorm
+from rsfusion.models.base import SegmentationModel
 from rsfusion.models.peft.lora import fold_lora
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class ModelRunner:
             raise ValueError(f"scales must be positive, got {self.scales}")
         self.model = model.eval().to(self.device)
         self.lora_folded = fold_lora(self.model)  # W + (alpha / r) B A, one matmul per layer
-        if hasattr(self.model, "fp32_stages"):  # dual-stream engine models
+        if isinstance(self.model, SegmentationModel) and self.model.has_fp32_stages:
             self.model.fp32_stages = fp32_stages if self.precision != "fp32" else 0
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

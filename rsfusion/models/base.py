@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from rsfusion.registry import get_model_builder
 
-__all__ = ["ModelSpec", "SampleMeta", "build_model", "count_parameters"]
+__all__ = ["ModelSpec", "SampleMeta", "SegmentationModel", "build_model", "count_parameters"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,24 @@ class ModelSpec:
     drop_path_rate: float | None = None
     dataset: str | None = None
     modality: str | None = None
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every registered model: ``forward(rgb, x)`` -> logits (or ``{"out",
+    "aux"}`` in training), with its capabilities declared here, read directly by the task and
+    the prediction runner (no ``getattr`` defaults that a rename would silently bypass).
+
+    Attributes:
+        masks_tokens: ``forward`` takes ``token_drop`` (KTB's MMST on the tokens).
+        takes_meta: ``forward`` takes ``meta`` (a :class:`SampleMeta`).
+        has_fp32_stages: :attr:`fp32_stages` runs the first stages in float32 under autocast.
+        fp32_stages: how many (the prediction runner sets it for bf16 / fp16).
+    """
+
+    masks_tokens: ClassVar[bool] = False
+    takes_meta: ClassVar[bool] = False
+    has_fp32_stages: ClassVar[bool] = False
+    fp32_stages: int = 0
 
 
 @dataclass(frozen=True)

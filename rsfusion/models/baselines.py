@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rsfusion.errors import WeightsError
-from rsfusion.models.base import ModelSpec
+from rsfusion.models.base import ModelSpec, SegmentationModel
 from rsfusion.registry import ModelOptions, register_model
 
 
@@ -82,7 +82,7 @@ def _smp_model(spec: ModelSpec, in_channels: int) -> nn.Module:
     return model
 
 
-class RGBOnly(nn.Module):
+class RGBOnly(SegmentationModel):
     """An smp segmentation model that sees the orthophoto alone (X is ignored)."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -93,7 +93,7 @@ class RGBOnly(nn.Module):
         return self.net(rgb)
 
 
-class EarlyFusion(nn.Module):
+class EarlyFusion(SegmentationModel):
     """An smp segmentation model on RGB and X stacked as input channels."""
 
     def __init__(self, spec: ModelSpec) -> None:

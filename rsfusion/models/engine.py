@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
-from rsfusion.models.base import ModelSpec, SampleMeta
+from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel
 from rsfusion.registry import ModelOptions
 
 __all__ = ["DualStreamEngine", "Recipe", "StageOutput", "build_engine", "recipe_options"]
@@ -102,7 +102,7 @@ class Recipe(nn.Module, abc.ABC):
         """Head(s) on the pyramids; logits (or {"out", "aux"}) at ``size``."""
 
 
-class DualStreamEngine(nn.Module):
+class DualStreamEngine(SegmentationModel):
     """Walk a backbone with two streams; the recipe holds the method's parts.
 
     Args:
@@ -124,6 +124,8 @@ class DualStreamEngine(nn.Module):
 
     fp32_stages = 0
     masks_tokens = True
+    takes_meta = True
+    has_fp32_stages = True
 
     def __init__(
         self,

@@ -13,9 +13,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.config import OptimConfig
-from rsfusion.models.base import ModelSpec, SampleMeta, build_model
+from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
 from rsfusion.models.checkpoint import frozen_digest
-from rsfusion.models.engine import DualStreamEngine
 from rsfusion.training.losses import AuxSupervision, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
@@ -83,7 +82,7 @@ class SegmentationTask(LightningModule):
         extra: dict[str, Any] = {}
         if token_drop is not None:  # only drawn for models that declare masks_tokens
             extra["token_drop"] = token_drop
-        if isinstance(self.model, DualStreamEngine):
+        if isinstance(self.model, SegmentationModel) and self.model.takes_meta:
             extra["meta"] = meta
         return self.model(rgb, x, **extra)
 
@@ -105,7 +104,8 @@ class SegmentationTask(LightningModule):
         rgb, x = batch["image"], batch.get("image_x")
         meta = SampleMeta.from_batch(batch)
         cfg = self.masking.cfg
-        if cfg.where == "tokens" and getattr(self.model, "masks_tokens", False):
+        tokens = isinstance(self.model, SegmentationModel) and self.model.masks_tokens
+        if cfg.where == "tokens" and tokens:
             # KTB's MMST: the draw is made here, the zeros land on the tokens after embedding
             info = self.masking.draw(n, *rgb.shape[-2:]) if x is not None else None
             drop = None if info is None else (info.rgb, info.x)

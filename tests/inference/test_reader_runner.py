@@ -136,9 +136,15 @@ def test_views_are_padded_to_the_model_multiple_and_cropped_back():
 
 
 def test_runner_keeps_first_engine_stages_in_float32_only_with_reduced_precision():
-    class Engine(_PerPixel):
-        fp32_stages = 0
+    from rsfusion.models.base import SegmentationModel
 
+    class Engine(SegmentationModel, _PerPixel):
+        has_fp32_stages = True
+
+    class Plain(SegmentationModel, _PerPixel):  # declares no float32 stages: left alone
+        pass
+
+    assert ModelRunner(Plain(), device="cpu", precision="bf16").model.fp32_stages == 0
     assert ModelRunner(Engine(), device="cpu", precision="bf16").model.fp32_stages == 1
     assert (
         ModelRunner(Engine(), device="cpu", precision="bf16", fp32_stages=2).model.fp32_stages == 2

@@ -139,6 +139,7 @@ def test_token_drop_zeroes_whole_token_maps_after_embedding():
 
 
 def test_the_task_hands_mmst_on_tokens_to_the_engine(monkeypatch):
+    from rsfusion.models.base import SegmentationModel
     from rsfusion.training.task import SegmentationTask
 
     task = SegmentationTask(
@@ -150,7 +151,7 @@ def test_the_task_hands_mmst_on_tokens_to_the_engine(monkeypatch):
     )  # fmt: skip
     seen = {}
 
-    class Spy(torch.nn.Module):
+    class Spy(SegmentationModel):
         masks_tokens = True
 
         def forward(self, rgb, x=None, token_drop=None):

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rsfusion.errors import MissingFileError, UnknownNameError
 from rsfusion.paths import catalog_dir
 from rsfusion.yamlio import load_yaml
 
@@ -106,7 +107,7 @@ class Modality:
             return self.encodings[name]
         if name == "raw":
             return Encoding("raw", {}, self.bands, "stored values as they are")
-        raise KeyError(
+        raise UnknownNameError(
             f"modality '{self.name}' has no encoding '{name}'; choose one of "
             f"{sorted({*self.encodings, 'raw'})}"
         )
@@ -193,7 +194,7 @@ class DatasetCard:
 
     def modality(self, name: str) -> Modality:
         if name not in self.modalities:
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset card '{self.name}' has no modality '{name}'; "
                 f"choose one of {sorted(self.modalities)}"
             )
@@ -202,13 +203,13 @@ class DatasetCard:
     def split(self, preset: str | None = None) -> dict[str, tuple[str, ...]]:
         """Tile ids per split ('train', 'test', ...) of a named preset (default: the card's)."""
         if self.kind == "natural":
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset card '{self.name}' is a natural-image card: its samples come from the "
                 "release's split files (NaturalRGBXDataset lists them); use sample_split()"
             )
         preset = preset or self.default_split
         if preset not in self.splits:
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset card '{self.name}' has no split preset '{preset}'; "
                 f"choose one of {sorted(self.splits)}"
             )
@@ -218,13 +219,13 @@ class DatasetCard:
         """A natural card's sample source for one part ('train', 'val', 'test') of a preset."""
         preset = preset or self.default_split
         if preset not in self.sample_splits:
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset card '{self.name}' has no split preset '{preset}'; "
                 f"choose one of {sorted(self.sample_splits)}"
             )
         parts = self.sample_splits[preset]
         if part not in parts:
-            raise KeyError(f"split preset '{preset}' of '{self.name}' has no '{part}' part")
+            raise UnknownNameError(f"split preset '{preset}' of '{self.name}' has no '{part}' part")
         return parts[part]
 
     def encoded(self, choices: dict[str, str | None]) -> DatasetCard:
@@ -289,7 +290,7 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
             known = list_cards()
             close = difflib.get_close_matches(stem, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no dataset card '{name_or_path}' in {catalog_dir()} (known: {known}){hint}"
             )
     raw = load_yaml(path.read_text())

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from rsfusion.errors import ConfigError
+
 
 class IntAsStr:
     """Marker in ``Annotated[str, IntAsStr]``: a YAML int is accepted and converted to ``str``."""
@@ -137,10 +139,6 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the file or override, the key path and the fix."""
 
 
 KeyPath = tuple[str | int, ...]

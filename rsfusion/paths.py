@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rsfusion.errors import MissingFileError
+
 _PKG = Path(__file__).resolve().parent
 
 
@@ -15,7 +17,7 @@ def _resource_dir(name: str) -> Path:
     for candidate in (_PKG / "_resources" / name, _PKG.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"rsfusion cannot find its '{name}/' folder (looked in {_PKG / '_resources'} and "
         f"{_PKG.parent}); reinstall the package with `pip install .`"
     )

@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Callable
 from typing import TypeVar
 
+from rsfusion.errors import UnknownNameError
+
 F = TypeVar("F", bound=Callable)
 
 MODELS: dict[str, Callable] = {}
@@ -84,5 +86,5 @@ def get_model_builder(name: str) -> Callable:
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise KeyError(f"unknown model '{name}' (known: {sorted(MODELS)}){hint}")
+        raise UnknownNameError(f"unknown model '{name}' (known: {sorted(MODELS)}){hint}")
     return MODELS[name]

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 
 from rsfusion.allocator import keep_freed_memory
+from rsfusion.cli import USER_ERRORS
 from rsfusion.cli.train import (
-    USER_ERRORS,
     CheckpointMismatchError,
     build_task,
     check_fits,
     read_checkpoint,
 )
 from rsfusion.config import ConfigError, load_config
+from rsfusion.errors import MissingFileError
 
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
 LABELS = {"both": "RGB + X", "rgb": "RGB only (X zeroed)", "x": "X only (RGB zeroed)"}
@@ -90,7 +91,7 @@ def load_trained(task: Any, ckpt_path: str) -> dict[str, Any]:
         )
     try:
         task.on_load_checkpoint(saved)
-    except KeyError as err:
+    except CheckpointMismatchError as err:
         raise CheckpointMismatchError(f"--ckpt {ckpt_path}: {err}") from err
     task.load_state_dict(saved["state_dict"], strict=False)
     return old
@@ -150,7 +151,7 @@ def score_tiles(
     for n, tile in enumerate(tiles):
         label = tile.label_for(label_kind)
         if label is None:
-            raise FileNotFoundError(f"tile {tile.tile_id}: no {label_kind} label raster found")
+            raise MissingFileError(f"tile {tile.tile_id}: no {label_kind} label raster found")
         stem = tile.rgb.path.stem
         x_source = tile.x.source if tile.x is not None else None
         written = predict_pair(runner, meta, tile.rgb.source, x_source, dest, options, stem=stem)
@@ -303,7 +304,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             card, cfg.data.root, wanted, cfg.data.rgb, cfg.data.x, align_x=cfg.data.align_x
         )
         if not tiles:
-            raise FileNotFoundError(f"no {args.split} tile of {wanted} under {cfg.data.root}")
+            raise MissingFileError(f"no {args.split} tile of {wanted} under {cfg.data.root}")
         if missing:
             warnings.warn(
                 f"{args.split} tiles missing under {cfg.data.root}: {missing}", stacklevel=2

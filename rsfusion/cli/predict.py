@@ -19,6 +19,8 @@ from pathlib import Path
 import rasterio
 
 from rsfusion.allocator import keep_freed_memory
+from rsfusion.cli import USER_ERRORS
+from rsfusion.errors import MissingFileError
 from rsfusion.inference.folder import (
     Pair,
     PairingError,
@@ -28,7 +30,7 @@ from rsfusion.inference.folder import (
     remove_stale_partials,
     shard,
 )
-from rsfusion.inference.predict import PredictionError, PredictOptions, load_predictor, predict_pair
+from rsfusion.inference.predict import PredictOptions, load_predictor, predict_pair
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +84,9 @@ def collect_pairs(args: argparse.Namespace, meta: dict) -> list[Pair]:
         return pair_folders(rgb, x, meta.get("card"), meta.get("rgb_modality", "rgb"),
                             meta.get("x_modality"))  # fmt: skip
     if not rgb.is_file():
-        raise FileNotFoundError(f"--rgb {rgb}: no such file or folder")
+        raise MissingFileError(f"--rgb {rgb}: no such file or folder")
     if x is not None and not x.is_file():
-        raise FileNotFoundError(f"--x {x}: no such file")
+        raise MissingFileError(f"--x {x}: no such file")
     return [Pair(rgb, x)]
 
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 mpix = done.width * done.height / 1e6
             print(f"{tag}{stem}: {mpix:.1f} MPix in {seconds:.1f} s, {mpix / seconds:.2f} MPix/s",
                   file=sys.stderr)  # fmt: skip
-    except (PredictionError, PairingError, FileNotFoundError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,32 +12,11 @@ from typing import Any
 
 from rsfusion.allocator import keep_freed_memory
 from rsfusion.catalog import DatasetCard
-from rsfusion.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
-from rsfusion.data.labels import LabelColourError
-from rsfusion.data.natural.encodings import EncodingError
-from rsfusion.data.natural.matfile import MatFileError
-from rsfusion.data.natural.readers import SampleFormatError
+from rsfusion.cli import USER_ERRORS
+from rsfusion.config import ExperimentConfig, config_to_dict, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
-from rsfusion.errors import WeightsError
+from rsfusion.errors import CheckpointMismatchError, MissingFileError
 from rsfusion.models.base import ModelSpec, count_parameters
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the config it is used with."""
-
-
-USER_ERRORS = (
-    ConfigError,
-    TileError,
-    LabelColourError,
-    WeightsError,
-    CheckpointMismatchError,
-    FileNotFoundError,
-    KeyError,
-    SampleFormatError,
-    MatFileError,
-    EncodingError,
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +116,7 @@ def read_checkpoint(flag: str, path: str) -> dict[str, Any]:
     import torch
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
+        raise MissingFileError(f"{flag} {path}: no such checkpoint file")
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 

@@ -25,6 +25,7 @@ from rsfusion.data.checks import check_label_colours
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.tiles import GeoRaster, Tile, TileError, find_tiles
+from rsfusion.errors import UnknownNameError
 
 Sample = dict[str, Any]
 
@@ -250,7 +251,7 @@ class ISPRSDataset(IntersectionDataset):
     def _split(self, split: str, preset: str | None) -> list[str]:
         parts = self.card.split(preset)
         if split not in parts:
-            raise KeyError(
+            raise UnknownNameError(
                 f"split preset '{preset or self.card.default_split}' of {self.card.name} has no "
                 f"split '{split}'; it has {sorted(parts)}"
             )

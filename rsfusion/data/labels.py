@@ -8,9 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-class LabelColourError(ValueError):
-    """A label raster holds a colour that is not in the dataset card's palette."""
+from rsfusion.errors import LabelColourError
 
 
 def _codes(rgb: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rsfusion.errors import UnknownNameError
 from rsfusion.paths import catalog_dir
 from rsfusion.yamlio import load_yaml
 
@@ -159,7 +160,7 @@ class UnifiedLabelSpace:
         if name not in self._own:
             close = difflib.get_close_matches(name, self._own, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset '{name}' is not in {self.source} (known: {sorted(self._own)}){hint}"
             )
 

@@ -24,15 +24,12 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 
 from rsfusion.catalog import DatasetCard
+from rsfusion.errors import TileError
 
 #: Synthetic extents start here (in the card's CRS units), far west of any projected data, and
 #: are spaced so that no two tiles can touch.
 SYNTHETIC_ORIGIN = (-9_000_000.0, 9_000_000.0)
 SYNTHETIC_SPACING = 100_000.0
-
-
-class TileError(ValueError):
-    """A tile's files are missing, unreadable or do not fit together."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 from rasterio.windows import Window
 
+from rsfusion.errors import UserError
+
 BlendMode = Literal["cosine", "linear", "none"]
 
 
@@ -38,7 +40,7 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     """Return ``value`` as a ``(rows, cols)`` pair of ints."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{name} must be an int or a (rows, cols) pair of ints, got {value!r}")
+        raise UserError(f"{name} must be an int or a (rows, cols) pair of ints, got {value!r}")
     return pair[0], pair[1]
 
 
@@ -57,9 +59,9 @@ def profile_1d(size: int, overlap: int, mode: BlendMode) -> np.ndarray:
         ValueError: On a bad size, overlap or mode.
     """
     if size <= 0:
-        raise ValueError(f"window size must be > 0, got {size}")
+        raise UserError(f"window size must be > 0, got {size}")
     if not 0 <= overlap < size:
-        raise ValueError(f"overlap must satisfy 0 <= overlap < window ({size}), got {overlap}")
+        raise UserError(f"overlap must satisfy 0 <= overlap < window ({size}), got {overlap}")
     profile = np.ones(size, dtype=np.float64)
     if mode == "none":
         lead, trail = math.ceil(overlap / 2), overlap // 2
@@ -67,7 +69,7 @@ def profile_1d(size: int, overlap: int, mode: BlendMode) -> np.ndarray:
         profile[size - trail :] = 0.0
         return profile.astype(np.float32)
     if mode not in ("cosine", "linear"):
-        raise ValueError(f"mode must be 'cosine', 'linear' or 'none', got {mode!r}")
+        raise UserError(f"mode must be 'cosine', 'linear' or 'none', got {mode!r}")
     ramp_len = min(overlap, size // 2)
     if ramp_len == 0:
         return profile.astype(np.float32)

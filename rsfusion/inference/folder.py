@@ -18,12 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsfusion.catalog import load_card
+from rsfusion.errors import PairingError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
-
-
-class PairingError(ValueError):
-    """Inputs that cannot be paired; the message lists the files and the fix."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.windows import batched, plan_windows
+from rsfusion.errors import PredictionError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
@@ -32,10 +33,6 @@ from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mas
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
 from rsfusion.models.base import ModelSpec, build_model
-
-
-class PredictionError(ValueError):
-    """Inputs or checkpoint unfit for prediction; the message names the file and the fix."""
 
 
 @dataclass

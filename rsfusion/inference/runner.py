@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsfusion.errors import UserError
 from rsfusion.inference.fold import fold_batchnorm
 from rsfusion.models.base import SegmentationModel
 from rsfusion.models.peft.lora import fold_lora
@@ -51,7 +52,7 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     """'auto': bf16 on GPUs that support it (else fp16) and on CPUs with AMX/AVX512-BF16."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise ValueError("fp16 autocast is for GPUs; use --precision bf16 or fp32 on a CPU")
+            raise UserError("fp16 autocast is for GPUs; use --precision bf16 or fp32 on a CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -106,7 +107,7 @@ class ModelRunner:
         if drop not in (None, "rgb", "x"):
             raise ValueError(f"drop must be None, 'rgb' or 'x', got {drop!r}")
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive, got {self.scales}")
+            raise UserError(f"scales must be positive, got {self.scales}")
         self.model = model.eval().to(self.device)
         self.lora_folded = fold_lora(self.model)  # W + (alpha / r) B A, one matmul per layer
         if isinstance(self.model, SegmentationModel) and self.model.has_fp32_stages:

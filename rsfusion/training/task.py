@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.config import OptimConfig
+from rsfusion.errors import CheckpointMismatchError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
 from rsfusion.models.checkpoint import frozen_digest
 from rsfusion.training.losses import AuxSupervision, split_output
@@ -194,7 +195,7 @@ class SegmentationTask(LightningModule):
         expected = set(self.state_dict()) - self.frozen_names()
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
-            raise KeyError(
+            raise CheckpointMismatchError(
                 f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. "
                 f"{missing[:3]}): it was written for another model or config"
             )

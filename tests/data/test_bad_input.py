@@ -9,9 +9,8 @@ import rasterio
 
 from rsfusion.cli.train import main
 from rsfusion.data.isprs import Vaihingen
-from rsfusion.data.labels import LabelColourError
 from rsfusion.data.normalise import XNorm
-from rsfusion.data.tiles import TileError
+from rsfusion.errors import LabelColourError, TileError
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from rsfusion.catalog import load_card
 from rsfusion.data.isprs import ISPRSDataset, Potsdam, Vaihingen
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
-from rsfusion.data.tiles import TileError
+from rsfusion.errors import TileError
 
 
 def _load(**kwargs):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rsfusion.catalog import load_card
-from rsfusion.data.labels import LabelColourError, PaletteDecoder
+from rsfusion.data.labels import PaletteDecoder
+from rsfusion.errors import LabelColourError
 
 
 def _paint(colours):

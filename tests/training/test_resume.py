@@ -100,6 +100,7 @@ def test_missing_checkpoint_file_is_named(tmp_path, vaihingen_root, capsys):
 
 @pytest.mark.parametrize("frozen", [True])
 def test_checkpoint_leaves_out_frozen_weights(frozen, tmp_path):
+    from rsfusion.errors import CheckpointMismatchError
     from rsfusion.models.checkpoint import frozen_digest
     from rsfusion.training.task import SegmentationTask
 
@@ -117,5 +118,5 @@ def test_checkpoint_leaves_out_frozen_weights(frozen, tmp_path):
     assert ckpt["rsfusion"]["frozen_sha256"] == frozen_digest(task.model)
     task.on_load_checkpoint(ckpt)  # frozen keys may be missing
     del ckpt["state_dict"]["model.net.segmentation_head.0.weight"]
-    with pytest.raises(KeyError, match="segmentation_head"):
+    with pytest.raises(CheckpointMismatchError, match="segmentation_head"):
         task.on_load_checkpoint(ckpt)

@@ -32,6 +32,7 @@ from rsfusion.data.natural.encodings import apply_ops
 from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
 from rsfusion.data.natural.transforms import Sample
 from rsfusion.data.normalise import XNorm
+from rsfusion.errors import UnknownNameError
 
 NATURAL_DATASETS: dict[str, type[NaturalRGBXDataset]] = {}
 
@@ -83,7 +84,7 @@ def list_samples(
     root = Path(root)
     source = card.sample_split(preset, part)
     if condition is not None and condition not in card.conditions:
-        raise KeyError(
+        raise UnknownNameError(
             f"dataset card '{card.name}' has no condition '{condition}'; "
             f"choose one of {sorted(card.conditions)} or null"
         )

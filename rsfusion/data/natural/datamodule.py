@@ -25,6 +25,7 @@ from rsfusion.data.datamodule import rgb_normalise
 from rsfusion.data.natural.base import NaturalRGBXDataset, dataset_class_for
 from rsfusion.data.natural.transforms import SampleResizeCrop, pad_collate
 from rsfusion.data.normalise import XNorm
+from rsfusion.errors import MissingFileError
 
 
 class EpochShuffle(Sampler[int]):
@@ -183,7 +184,7 @@ class NaturalDataModule(NonGeoDataModule):
                 f"{self.cfg.root}{note}"
             )
             if split != "test" and (not len(ds) or len(missing) >= len(ds)):
-                raise FileNotFoundError(f"no complete {split} sample under {self.cfg.root}")
+                raise MissingFileError(f"no complete {split} sample under {self.cfg.root}")
         if self.size_note:
             lines.append(f"data: {self.size_note}")
         return lines

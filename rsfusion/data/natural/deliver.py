@@ -23,6 +23,7 @@ from PIL import Image
 
 from rsfusion.data.natural.base import NaturalRGBXDataset, SampleRef, list_samples
 from rsfusion.data.natural.readers import SampleFormatError
+from rsfusion.errors import UnknownNameError
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -72,7 +73,7 @@ class RGBPathSamples(NaturalRGBXDataset):
         if self.condition is None:
             return refs
         if self.condition not in self.card.conditions:
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset card '{self.card.name}' has no condition '{self.condition}'; "
                 f"choose one of {sorted(self.card.conditions)} or null"
             )

@@ -30,12 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from rsfusion.errors import EncodingError
+
 Bands = tuple[str, ...]
 RESERVED = ("bands", "description")
-
-
-class EncodingError(ValueError):
-    """A stored file that an encoding cannot turn into channels (names file and op)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rsfusion.errors import MatFileError
+
 MI_TYPES: dict[int, str] = {
     1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8",
 }  # fmt: skip
@@ -27,10 +29,6 @@ MX_NUMERIC: dict[int, str] = {
 }  # fmt: skip
 MX_NAMES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 16: "function"}
 _HEADER = 128
-
-
-class MatFileError(ValueError):
-    """A MAT-file that cannot be read as numeric arrays (the message names the file)."""
 
 
 def _elements(buf: bytes, endian: str, source: str) -> list[tuple[int, bytes]]:

@@ -15,17 +15,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rsfusion.data.natural.matfile import MatFileError, read_mat
+from rsfusion.errors import SampleFileError, SampleFormatError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy", ".npz", ".mat")
-
-
-class SampleFileError(FileNotFoundError):
-    """A file a sample needs is missing (the message names it and what it was for)."""
-
-
-class SampleFormatError(ValueError):
-    """A sample file that cannot be read, or does not fit the card (the message names it)."""
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from rsfusion.errors import MissingFileError
 from rsfusion.models.backbones.weights import LoadReport, tensors_digest
 
 __all__ = [
@@ -68,7 +69,7 @@ def lite0_weights_path() -> Path:
     root = resources.files(LITE0_PACKAGE) / "models"
     found = sorted(Path(str(root)).glob("efficientnet-lite0*.pth"))
     if len(found) != 1:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"expected one efficientnet-lite0*.pth in {root}, found {[p.name for p in found]}; "
             f"reinstall: {_INSTALL}"
         )

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from rsfusion.errors import WeightsUnavailable
+
 __all__ = [
     "LoadReport",
     "WeightsUnavailable",
@@ -53,10 +55,6 @@ _VIT_NAMES = {
 }
 _NAME_PREFIXES = ("hf-hub:", "local-dir:")  # timm model-name schemes
 _FIX = "set model.weights=/path/to/file.pth"
-
-
-class WeightsUnavailable(FileNotFoundError):
-    """No weights file can be had for a source (missing path, or a hub name while offline)."""
 
 
 @dataclass

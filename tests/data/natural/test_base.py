@@ -13,7 +13,6 @@ import yaml
 from PIL import Image
 
 from rsfusion.catalog import LabelSpec, load_card
-from rsfusion.data.labels import LabelColourError
 from rsfusion.data.natural.base import (
     NaturalRGBXDataset,
     SampleRef,
@@ -21,11 +20,18 @@ from rsfusion.data.natural.base import (
     list_samples,
     normalise_x,
 )
-from rsfusion.data.natural.encodings import EncodingError, apply_ops
-from rsfusion.data.natural.matfile import MatFileError, read_mat, write_mat
-from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
+from rsfusion.data.natural.encodings import apply_ops
+from rsfusion.data.natural.matfile import read_mat, write_mat
+from rsfusion.data.natural.readers import read_file
 from rsfusion.data.natural.transforms import SampleResizeCrop, pad_collate
 from rsfusion.data.normalise import XNorm
+from rsfusion.errors import (
+    EncodingError,
+    LabelColourError,
+    MatFileError,
+    SampleFileError,
+    SampleFormatError,
+)
 
 MAT = Path(__file__).parent / "mat"
 

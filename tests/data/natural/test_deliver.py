@@ -17,7 +17,7 @@ from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.base import decode_index_labels
 from rsfusion.data.natural.deliver import DELIVER, pattern_regex, resize_nearest
-from rsfusion.data.natural.readers import SampleFormatError
+from rsfusion.errors import SampleFormatError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]

@@ -15,7 +15,7 @@ from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.base import dataset_class_for
 from rsfusion.data.natural.fmb import FMB
-from rsfusion.data.natural.readers import SampleFormatError
+from rsfusion.errors import SampleFormatError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]

@@ -15,7 +15,7 @@ from rsfusion.catalog import load_card
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
 from rsfusion.data.natural.mcubes import MCubeS
-from rsfusion.data.natural.readers import SampleFileError
+from rsfusion.errors import SampleFileError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]

@@ -12,8 +12,8 @@ from PIL import Image
 from rsfusion.catalog import load_card
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
-from rsfusion.data.labels import LabelColourError
 from rsfusion.data.natural.zju_rgbp import ZJURGBP
+from rsfusion.errors import LabelColourError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from rsfusion.allocator import keep_freed_memory
-from rsfusion.catalog import DatasetCard
 from rsfusion.cli import USER_ERRORS
-from rsfusion.config import ExperimentConfig, config_to_dict, load_config, save_config
+from rsfusion.config import ExperimentConfig, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
 from rsfusion.errors import CheckpointMismatchError, MissingFileError
 from rsfusion.models.base import ModelSpec, count_parameters
@@ -36,30 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
-    """The model's build spec from the config and the dataset card."""
-    x_channels = len(card.modality(cfg.data.x).bands) if cfg.data.x else 0
-    return ModelSpec(
-        name=cfg.model.name,
-        num_classes=card.num_classes,
-        rgb_channels=len(card.modality(cfg.data.rgb).bands),
-        x_channels=x_channels,
-        arch=cfg.model.arch,
-        backbone=cfg.model.backbone,
-        weights=cfg.model.weights,
-        weights_required=cfg.model.weights_required,
-        kwargs=dict(cfg.model.kwargs),
-        backbone_mode=cfg.model.backbone_mode,
-        drop_path_rate=cfg.model.drop_path_rate,
-        dataset=card.name,
-        modality=cfg.data.x,
-    )
-
-
 def dry_run(cfg: ExperimentConfig) -> int:
     """Build the model (random init, no weights), print its parameters, check the data root."""
     from rsfusion.data.factory import make_datamodule, model_card
     from rsfusion.models.base import build_model
+    from rsfusion.training.task import model_spec
 
     card = model_card(cfg.data)
     spec = model_spec(cfg, card)
@@ -138,22 +118,7 @@ def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
     from rsfusion.training.task import SegmentationTask
 
     dm = make_datamodule(cfg.data, cfg.seed)
-    card = dm.card
-    spec = model_spec(cfg, card)
-    plain = config_to_dict(cfg)
-    meta = {**dm.describe(), "config": plain, "model": spec.__dict__}
-    task = SegmentationTask(
-        model=spec.__dict__,
-        optim=plain["optim"],
-        ignore_index=card.ignore_index,
-        metric_classes=card.metric_classes,
-        class_names=card.class_names,
-        meta=meta,
-        seed=cfg.seed,
-        masking=plain["model"]["masking"],
-        aux_loss=plain["model"]["aux_loss"],
-    )
-    return dm, task
+    return dm, SegmentationTask.from_config(cfg, dm)
 
 
 def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Path:

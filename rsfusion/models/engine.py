@@ -120,6 +120,21 @@ class DualStreamEngine(SegmentationModel):
             reduced-precision prediction (measured in benchmarks/predict_bench.py).
         masks_tokens: the task may hand :meth:`forward` a per-sample ``token_drop`` (KTB's MMST
             on tokens).
+
+    Example:
+        >>> from rsfusion.models.backbones.vit import ViTBackbone
+        >>> class Sum(Recipe):  # fuse by sum (the default after_stage), a 1x1 conv head
+        ...     def __init__(self, dim: int) -> None:
+        ...         super().__init__()
+        ...         self.cls = nn.Conv2d(dim, 2, 1)
+        ...     def decode(self, fused, rgb, x, size):
+        ...         return nn.functional.interpolate(self.cls(fused[-1]), size=size)
+        >>> vit = ViTBackbone("vit_small_patch14_dinov2", depth=2, embed_dim=32, num_heads=2)
+        >>> engine = DualStreamEngine(vit, Sum(32))
+        >>> engine(torch.rand(1, 3, 40, 50), torch.rand(1, 3, 40, 50)).shape
+        torch.Size([1, 2, 40, 50])
+        >>> sorted(n for n, p in engine.named_parameters() if p.requires_grad)
+        ['recipe.cls.bias', 'recipe.cls.weight']
     """
 
     fp32_stages = 0

@@ -12,7 +12,8 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from rsfusion.config import OptimConfig
+from rsfusion.catalog import DatasetCard
+from rsfusion.config import ExperimentConfig, OptimConfig, config_to_dict
 from rsfusion.errors import CheckpointMismatchError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
 from rsfusion.models.checkpoint import frozen_digest
@@ -21,6 +22,27 @@ from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
 from rsfusion.training.optim import build_optimizer, lr_lambda
 from rsfusion.training.reports import format_class_table, save_confusion_figure, save_scores_json
+
+
+def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
+    """The model's build spec from the config and the dataset card (as the model sees it:
+    :func:`rsfusion.data.factory.model_card`)."""
+    x_channels = len(card.modality(cfg.data.x).bands) if cfg.data.x else 0
+    return ModelSpec(
+        name=cfg.model.name,
+        num_classes=card.num_classes,
+        rgb_channels=len(card.modality(cfg.data.rgb).bands),
+        x_channels=x_channels,
+        arch=cfg.model.arch,
+        backbone=cfg.model.backbone,
+        weights=cfg.model.weights,
+        weights_required=cfg.model.weights_required,
+        kwargs=dict(cfg.model.kwargs),
+        backbone_mode=cfg.model.backbone_mode,
+        drop_path_rate=cfg.model.drop_path_rate,
+        dataset=card.name,
+        modality=cfg.data.x,
+    )
 
 
 class SegmentationTask(LightningModule):
@@ -69,6 +91,28 @@ class SegmentationTask(LightningModule):
         k = self.spec.num_classes
         self.confusion = nn.ModuleDict(
             {s: MulticlassConfusionMatrix(k, ignore_index=ignore_index) for s in ("val", "test")}
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, datamodule: Any) -> SegmentationTask:
+        """The task of a config on its datamodule (:func:`rsfusion.data.make_datamodule`),
+        with the checkpoint metadata prediction needs (``datamodule.describe()``, the config,
+        the model spec). Seed the RNGs first (``lightning.seed_everything(cfg.seed)``) for the
+        initialisation train.py gives."""
+        card = datamodule.card
+        spec = model_spec(cfg, card)
+        plain = config_to_dict(cfg)
+        meta = {**datamodule.describe(), "config": plain, "model": spec.__dict__}
+        return cls(
+            model=spec.__dict__,
+            optim=plain["optim"],
+            ignore_index=card.ignore_index,
+            metric_classes=card.metric_classes,
+            class_names=card.class_names,
+            meta=meta,
+            seed=cfg.seed,
+            masking=plain["model"]["masking"],
+            aux_loss=plain["model"]["aux_loss"],
         )
 
     def forward(

@@ -88,6 +88,14 @@ class StreamState:
     append for a stage (SegRGB-X's control and aligned prompts). Attention sees all tokens;
     spatial operators (depthwise convs, spatial reduction, window partition) see the patch grid
     only (:meth:`split`, :meth:`map_patches`).
+
+    Example:
+        >>> state = StreamState(torch.zeros(1, 1 + 6, 4), (2, 3), prefix=1)  # cls + 2x3 patches
+        >>> prompted = state.with_extra(torch.ones(1, 2, 4))
+        >>> prompted.patches().shape, prompted.extra_tokens().shape
+        (torch.Size([1, 6, 4]), torch.Size([1, 2, 4]))
+        >>> prompted.map_patches(nn.Identity()).shape  # a spatial op sees the 2x3 grid only
+        torch.Size([1, 9, 4])
     """
 
     data: Tensor

@@ -82,8 +82,10 @@ def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, An
     meta = saved.get("rsfusion")
     if not meta or "model" not in meta:
         raise PredictionError(f"--ckpt {path} carries no rsfusion metadata: train it with train.py")
-    torch.manual_seed(meta.get("config", {}).get("seed", 42))  # same init as training
-    model = build_model(ModelSpec(**meta["model"]))
+    # the seed the backbone was initialised from (checkpoints before it was in the spec: the
+    # config's): a randomly initialised frozen backbone is rebuilt bit for bit
+    seed = meta.get("config", {}).get("seed", 42)
+    model = build_model(ModelSpec(**{"seed": seed, **meta["model"]}))
     digest = frozen_digest(model)
     if meta.get("frozen_sha256") != digest:
         raise PredictionError(

@@ -23,7 +23,9 @@ class ModelSpec:
     ``dataset`` and ``modality`` (the card and its X modality) fill :class:`SampleMeta` where a
     batch carries none (prediction, evaluation). ``backbone_mode`` is one of
     :data:`~rsfusion.models.backbones.base.BACKBONE_MODES`; ``drop_path_rate`` (when set)
-    builds the backbone with that stochastic depth.
+    builds the backbone with that stochastic depth. ``seed`` (when set) seeds the RNGs right
+    before the backbone is built, so a randomly initialised backbone, and the hash of its frozen
+    weights, never depend on what was built before it.
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     drop_path_rate: float | None = None
     dataset: str | None = None
     modality: str | None = None
+    seed: int | None = None
 
 
 class SegmentationModel(nn.Module):

@@ -42,6 +42,7 @@ def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
         drop_path_rate=cfg.model.drop_path_rate,
         dataset=card.name,
         modality=cfg.data.x,
+        seed=cfg.seed,
     )
 
 

@@ -366,3 +366,18 @@ def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation()
     trainer.fit(task, loader, loader)
     assert seen["train"] and all(seen["train"])
     assert seen["val"] and not any(seen["val"])
+
+
+def test_a_random_init_backbone_hash_does_not_depend_on_what_was_built_before():
+    """``ModelSpec.seed`` seeds the RNGs right before the backbone is built: prediction and
+    evaluation rebuild a randomly initialised frozen backbone bit for bit, whatever ran first."""
+    import dataclasses
+
+    from rsfusion.models.checkpoint import frozen_digest
+
+    spec = dataclasses.replace(_spec("frozen", drop=None), seed=7)
+    first = frozen_digest(build_model(spec))
+    torch.rand(1000)  # the RNG moved on ...
+    build_model(_spec("frozen", drop=None))  # ... and another model was built before
+    assert frozen_digest(build_model(spec)) == first
+    assert frozen_digest(build_model(dataclasses.replace(spec, seed=8))) != first

@@ -12,6 +12,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
+
 from rsfusion.errors import WeightsError
 from rsfusion.models.backbones.base import Backbone
 from rsfusion.models.base import ModelSpec
@@ -25,6 +27,8 @@ def build_backbone(spec: ModelSpec) -> Backbone:
     ``model.drop_path_rate`` when set). Its mode is set by the engine's builder."""
     from rsfusion.models.backbones.vit import ViTBackbone
 
+    if spec.seed is not None:  # random init independent of what was built before
+        torch.manual_seed(spec.seed)
     kwargs = dict(spec.kwargs.get("backbone_kwargs", {}))
     if spec.drop_path_rate is not None:
         kwargs["drop_path_rate"] = spec.drop_path_rate

@@ -22,13 +22,21 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsfusion.models.backbones.base import Backbone, StreamState
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel
 from rsfusion.registry import ModelOptions
 
-__all__ = ["DualStreamEngine", "Recipe", "StageOutput", "build_engine", "recipe_options"]
+__all__ = [
+    "DualStreamEngine",
+    "Recipe",
+    "StageOutput",
+    "build_engine",
+    "recipe_options",
+    "resize_logits",
+]
 
 
 @dataclass
@@ -62,7 +70,12 @@ class Recipe(nn.Module, abc.ABC):
         return rgb, x
 
     def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
-        """Embed the X stream (default: the backbone's own, shared embedding)."""
+        """Embed the X stream: with the recipe's submodule ``x_embed`` where it has one
+        (``self.x_embed = self.copy_embedding(backbone)``: MoBaNet, KTB), else with the
+        backbone's own, shared embedding (CPAL, SegRGB-X)."""
+        copy_ = self._modules.get("x_embed")
+        if copy_ is not None:
+            return self.embed_x_copy(backbone, x, copy_)
         return backbone.embed(x, stream="x")
 
     def embed_x_copy(self, backbone: Backbone, x: Tensor, embedding: nn.Module) -> StreamState:
@@ -238,6 +251,12 @@ class DualStreamEngine(SegmentationModel):
         for name, p in recipe.named_parameters():
             depths[f"recipe.{name}"] = by_param.get(id(p), total + 1)
         return depths, total
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Logits resized to ``size`` in float32 (bilinear), under autocast too: no bf16 rounding of
+    the interpolated logits, and CPUs resize few-channel float32 maps 2x faster than bf16."""
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def recipe_options(recipe: type[Recipe]) -> ModelOptions:

@@ -28,16 +28,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.engine import Recipe, build_engine, recipe_options
+from rsfusion.models.engine import Recipe, build_engine, recipe_options, resize_logits
 from rsfusion.models.fusion import DSCF, dscf_stage_options
 from rsfusion.models.heads import SegFormerHead
-from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
+from rsfusion.models.peft import (
+    BottleneckAdapter,
+    CrossModalPrompt,
+    prompt_streams,
+    stream_adapters,
+)
 from rsfusion.registry import register_model
 
 __all__ = ["KTB", "fit_dscf_options", "paper_stage"]
@@ -133,19 +137,9 @@ class KTB(Recipe):
             CrossModalPrompt(c, prompt_ratio) for c in backbone.stage_input_channels()
         )
         widths = backbone.block_channels()
-        self.adapters = nn.ModuleDict(
-            {
-                m: nn.ModuleList(
-                    nn.ModuleList(
-                        BottleneckAdapter(
-                            c, adapter_reduction, adapter_dropout, scale=adapter_scale
-                        )
-                        for c in stage
-                    )
-                    for stage in widths
-                )
-                for m in ("rgb", "x")
-            }
+        self.adapters = stream_adapters(
+            widths,
+            lambda c: BottleneckAdapter(c, adapter_reduction, adapter_dropout, scale=adapter_scale),
         )
         crop = _pair(image_size) if image_size is not None else None
         pad = backbone.stride  # inputs are padded to this multiple
@@ -166,17 +160,11 @@ class KTB(Recipe):
         self.head_rgb = SegFormerHead(dims, aux_head_dim, num_classes, head_dropout)
         self.head_x = SegFormerHead(dims, aux_head_dim, num_classes, head_dropout)
 
-    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
-        return self.embed_x_copy(backbone, x, self.x_embed)
-
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         """MAPA prompting on the patch tokens (maps are flattened to tokens and back)."""
-        pr, px = self.prompts[stage](as_tokens(r.patches()), as_tokens(x.patches()))
-        return r.with_patches(tokens_like(pr, r.patches())), x.with_patches(
-            tokens_like(px, x.patches())
-        )
+        return prompt_streams(self.prompts[stage], r, x)
 
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
@@ -197,16 +185,14 @@ class KTB(Recipe):
     def decode(
         self, fused: list[Tensor], rgb: list[Tensor], x: list[Tensor], size: tuple[int, int]
     ) -> Tensor | dict[str, Any]:
-        out = _resize(self.head(fused), size)
+        out = resize_logits(self.head(fused), size)
         if not self.training:
             return out
-        aux = {"rgb": _resize(self.head_rgb(rgb), size), "x": _resize(self.head_x(x), size)}
+        aux = {
+            "rgb": resize_logits(self.head_rgb(rgb), size),
+            "x": resize_logits(self.head_x(x), size),
+        }
         return {"out": out, "aux": aux}
-
-
-def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Logits at ``size``, resized in float32 (under autocast too, as MoBaNet's)."""
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
 @register_model("ktb", recipe_options(KTB))

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens, tokens_like
+from rsfusion.models.backbones.base import Backbone, StreamState, as_tokens
 from rsfusion.models.backbones.factory import LITE0_WEIGHTS, build_backbone, load_backbone_weights
 from rsfusion.models.base import ModelSpec
-from rsfusion.models.engine import Recipe, build_engine, recipe_options
+from rsfusion.models.engine import Recipe, build_engine, recipe_options, resize_logits
 from rsfusion.models.fusion import DGFM
 from rsfusion.models.heads import AuxHead, UPerNetHead
-from rsfusion.models.peft import BottleneckAdapter, CrossModalPrompt
+from rsfusion.models.peft import (
+    BottleneckAdapter,
+    CrossModalPrompt,
+    prompt_streams,
+    stream_adapters,
+)
 from rsfusion.registry import register_model
 
 __all__ = ["LITE0_WEIGHTS", "MoBaNet", "build_backbone", "load_backbone_weights", "mobanet"]
@@ -73,15 +77,8 @@ class MoBaNet(Recipe):
                     "MoBaNet's prompt-injected adapters need blocks of constant width (ViT/SAM); "
                     f"backbone {backbone.name} changes width inside stages: use cpia=prompt"
                 )
-            self.adapters = nn.ModuleDict(
-                {
-                    m: nn.ModuleList(
-                        nn.ModuleList(BottleneckAdapter(c, prompt_dim=c) for _ in range(s.depth))
-                        for c, s in zip(dims, backbone.stages)
-                    )
-                    for m in ("rgb", "x")
-                }
-            )
+            widths = [[c] * s.depth for c, s in zip(dims, backbone.stages)]
+            self.adapters = stream_adapters(widths, lambda c: BottleneckAdapter(c, prompt_dim=c))
         self.dgfm = nn.ModuleList(DGFM(c, dgfm_hidden or max(c // 8, 1)) for c in dims)
         self.proj = nn.ModuleList(nn.Conv2d(c, proj_dim, 1, bias=False) for c in dims)
         self.head = UPerNetHead([proj_dim] * len(dims), head_channels, num_classes=num_classes)
@@ -89,20 +86,12 @@ class MoBaNet(Recipe):
         self.aux_x = AuxHead(proj_dim, proj_dim, num_classes)
         self._prompt: Tensor | None = None
 
-    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
-        return self.embed_x_copy(backbone, x, self.x_embed)
-
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
-        cpia = self.cpia[stage]
-        rt, xt = as_tokens(r.patches()), as_tokens(x.patches())
         if self.cpia_mode == "prompt":
-            pr, px = cpia(rt, xt)
-            return r.with_patches(tokens_like(pr, r.patches())), x.with_patches(
-                tokens_like(px, x.patches())
-            )
-        self._prompt = cpia.prompt(rt, xt)
+            return prompt_streams(self.cpia[stage], r, x)
+        self._prompt = self.cpia[stage].prompt(as_tokens(r.patches()), as_tokens(x.patches()))
         return r, x
 
     def in_block(
@@ -122,19 +111,12 @@ class MoBaNet(Recipe):
     def decode(
         self, fused: list[Tensor], rgb: list[Tensor], x: list[Tensor], size: tuple[int, int]
     ) -> Tensor | dict[str, Any]:
-        logits = self.head([p(f) for p, f in zip(self.proj, fused)])
-        # float32 under autocast: no bf16 rounding of the interpolated logits, and CPUs resize
-        # few-channel float32 maps 2x faster than bfloat16 ones
-        out = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        out = resize_logits(self.head([p(f) for p, f in zip(self.proj, fused)]), size)
         if not self.training:
             return out
         aux = {
-            "rgb": self.aux_rgb(self.proj[0](rgb[0])),
-            "x": self.aux_x(self.proj[0](x[0])),
-        }
-        aux = {
-            k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)
-            for k, v in aux.items()
+            "rgb": resize_logits(self.aux_rgb(self.proj[0](rgb[0])), size),
+            "x": resize_logits(self.aux_x(self.proj[0](x[0])), size),
         }
         return {"out": out, "aux": aux}
 

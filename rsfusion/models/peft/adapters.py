@@ -8,6 +8,8 @@ bottleneck before the nonlinearity.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from torch import Tensor, nn
 
 
@@ -66,3 +68,17 @@ class BottleneckAdapter(nn.Module):
             h = h + self.prompt_proj(prompt)
         out = self.scale * self.up(self.drop(self.act(h)))
         return t + out if self.skip else out
+
+
+def stream_adapters(
+    widths: Sequence[Sequence[int]], make: Callable[[int], nn.Module]
+) -> nn.ModuleDict:
+    """One adapter per block and stream: ``adapters[stream][stage][block]``, built by
+    ``make(channels)`` for every block's width (RGB's, then X's), as MoBaNet's prompt-injected
+    adapters and KTB's MAPA adapters."""
+    return nn.ModuleDict(
+        {
+            stream: nn.ModuleList(nn.ModuleList(make(c) for c in stage) for stage in widths)
+            for stream in ("rgb", "x")
+        }
+    )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rsfusion.models.backbones.base import StreamState, as_tokens, tokens_like
+
 
 class CrossModalPrompt(nn.Module):
     """Shared cross-modal prompt, MoBaNet CPIA (Fig. 1) / KTB MAPA prompting (METHODS.md 1, 3).
@@ -87,3 +89,14 @@ class CrossModalPrompt(nn.Module):
         u = self.prompt(r, x)
         r_out, x_out = self.inject(r, x, u)
         return (r_out, x_out, u) if return_prompt else (r_out, x_out)
+
+
+def prompt_streams(
+    prompt: CrossModalPrompt, r: StreamState, x: StreamState
+) -> tuple[StreamState, StreamState]:
+    """Prompt both streams' patch tokens (maps are flattened to tokens and back; class and
+    extra tokens are left alone): MoBaNet's CPIA and KTB's MAPA before a stage."""
+    pr, px = prompt(as_tokens(r.patches()), as_tokens(x.patches()))
+    return r.with_patches(tokens_like(pr, r.patches())), x.with_patches(
+        tokens_like(px, x.patches())
+    )

@@ -319,7 +319,7 @@ def test_cpal_style_interleaved_halves_read_the_other_streams_updated_tokens():
     torch.testing.assert_close(recipe.reads[1], r1.patches())
 
 
-def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation():
+def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation(tmp_path):
     """Lightning keeps submodules in the mode they were built in (it never calls .train() at
     fit start): the backbone must come out of the builder in its training-time state, also a
     Swin that puts itself in eval mode while it is built (KTB's paper configs)."""
@@ -361,6 +361,7 @@ def test_drop_path_is_active_in_lightning_training_steps_and_off_in_validation()
     loader = DataLoader(data, batch_size=2)
     trainer = L.Trainer(
         max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Spy()],
     )  # fmt: skip
     trainer.fit(task, loader, loader)

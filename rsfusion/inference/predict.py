@@ -33,6 +33,7 @@ from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mas
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
 from rsfusion.models.base import ModelSpec, build_model
+from rsfusion.models.engine import migrate_state_dict
 
 
 @dataclass
@@ -94,6 +95,7 @@ def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, An
             f"the checkpoint's config (model.weights = {meta['model'].get('weights')})"
         )
     state = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()}
+    migrate_state_dict(model, state)  # parts renamed since the checkpoint was written
     missing = [k for k in model.state_dict() if k not in state and not _frozen(model, k)]
     if missing:
         raise PredictionError(f"--ckpt {path} lacks tensors of its model, e.g. {missing[:3]}")

@@ -34,6 +34,7 @@ __all__ = [
     "Recipe",
     "StageOutput",
     "build_engine",
+    "migrate_state_dict",
     "recipe_options",
     "resize_logits",
 ]
@@ -61,6 +62,8 @@ class Recipe(nn.Module, abc.ABC):
     """
 
     embed_parts: ClassVar[tuple[str, ...]] = ()
+    #: old -> new state-dict prefixes of parts that were renamed (older checkpoints load)
+    renamed: ClassVar[dict[str, str]] = {}
     stage_parts: ClassVar[dict[str, Literal["before", "after"]]] = {}
     block_parts: ClassVar[tuple[str, ...]] = ()
 
@@ -285,6 +288,25 @@ def build_engine(spec: ModelSpec, recipe: type[Recipe], method: str) -> DualStre
         recipe(backbone, spec.num_classes, **options),
         default_meta=(spec.dataset, spec.modality),
     )
+
+
+def migrate_state_dict(model: nn.Module, state: dict[str, Any], prefix: str = "") -> int:
+    """Rename, in place, the keys of ``state`` (a state dict of ``model``, keys under
+    ``prefix``) that older versions of its recipe wrote under other part names
+    (:attr:`Recipe.renamed`); returns how many were renamed."""
+    renamed = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, Recipe) or not module.renamed:
+            continue
+        base = f"{prefix}{name}." if name else prefix
+        for key in [k for k in state if k.startswith(base)]:
+            rest = key[len(base) :]
+            for old, new in module.renamed.items():
+                if rest.startswith(old):
+                    state[base + new + rest[len(old) :]] = state.pop(key)
+                    renamed += 1
+                    break
+    return renamed
 
 
 def _part(recipe: Recipe, name: str) -> Any:

@@ -50,7 +50,9 @@ class MoBaNet(Recipe):
     """
 
     embed_parts = ("x_embed",)
-    stage_parts = {"cpia": "before", "dgfm": "after", "proj": "after"}
+    stage_parts = {"prompts": "before", "dgfm": "after", "proj": "after"}
+    #: the role names before one name per role (checkpoints written before 2026-12-07)
+    renamed = {"cpia.": "prompts.", "aux_rgb.": "head_rgb.", "aux_x.": "head_x."}
     block_parts = ("adapters.rgb", "adapters.x")
 
     def __init__(
@@ -70,7 +72,7 @@ class MoBaNet(Recipe):
         self.cpia_mode = cpia
         self.x_embed = self.copy_embedding(backbone)
         inputs = backbone.stage_input_channels()
-        self.cpia = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in inputs)
+        self.prompts = nn.ModuleList(CrossModalPrompt(c, prompt_ratio) for c in inputs)
         if cpia == "adapter":
             if inputs != dims:
                 raise ValueError(
@@ -82,16 +84,16 @@ class MoBaNet(Recipe):
         self.dgfm = nn.ModuleList(DGFM(c, dgfm_hidden or max(c // 8, 1)) for c in dims)
         self.proj = nn.ModuleList(nn.Conv2d(c, proj_dim, 1, bias=False) for c in dims)
         self.head = UPerNetHead([proj_dim] * len(dims), head_channels, num_classes=num_classes)
-        self.aux_rgb = AuxHead(proj_dim, proj_dim, num_classes)
-        self.aux_x = AuxHead(proj_dim, proj_dim, num_classes)
+        self.head_rgb = AuxHead(proj_dim, proj_dim, num_classes)
+        self.head_x = AuxHead(proj_dim, proj_dim, num_classes)
         self._prompt: Tensor | None = None
 
     def before_stage(
         self, stage: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         if self.cpia_mode == "prompt":
-            return prompt_streams(self.cpia[stage], r, x)
-        self._prompt = self.cpia[stage].prompt(as_tokens(r.patches()), as_tokens(x.patches()))
+            return prompt_streams(self.prompts[stage], r, x)
+        self._prompt = self.prompts[stage].prompt(as_tokens(r.patches()), as_tokens(x.patches()))
         return r, x
 
     def in_block(
@@ -115,8 +117,8 @@ class MoBaNet(Recipe):
         if not self.training:
             return out
         aux = {
-            "rgb": resize_logits(self.aux_rgb(self.proj[0](rgb[0])), size),
-            "x": resize_logits(self.aux_x(self.proj[0](x[0])), size),
+            "rgb": resize_logits(self.head_rgb(self.proj[0](rgb[0])), size),
+            "x": resize_logits(self.head_x(self.proj[0](x[0])), size),
         }
         return {"out": out, "aux": aux}
 

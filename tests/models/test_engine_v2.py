@@ -231,7 +231,7 @@ def test_recipe_parts_take_their_stage_or_block_depth():
     assert depths["recipe.x_embed.proj.weight"] == 0
     assert depths["backbone.vit.patch_embed.proj.weight"] == 0
     assert depths["backbone.vit.cls_token"] == 0
-    assert [depths[f"recipe.cpia.{i}.up.weight"] for i in range(3)] == [1, 3, 5]  # first block
+    assert [depths[f"recipe.prompts.{i}.up.weight"] for i in range(3)] == [1, 3, 5]  # first block
     assert [depths[f"recipe.dgfm.{i}.norm.weight"] for i in range(3)] == [2, 4, 6]  # last block
     assert depths["recipe.adapters.x.1.1.up.weight"] == 4  # stage 1, block 1 = block 4
     assert depths["recipe.head.classifier.weight"] == total + 1  # heads on top
@@ -240,7 +240,7 @@ def test_recipe_parts_take_their_stage_or_block_depth():
 
     groups = param_groups(engine, 0.0, lr=1.0, layer_decay=0.5)
     lr = {id(p): g["lr"] for g in groups for p in g["params"]}
-    assert lr[id(engine.recipe.cpia[1].up.weight)] == pytest.approx(0.5 ** (7 - 3))
+    assert lr[id(engine.recipe.prompts[1].up.weight)] == pytest.approx(0.5 ** (7 - 3))
     assert lr[id(engine.recipe.head.classifier.weight)] == pytest.approx(1.0)
 
 
@@ -382,3 +382,21 @@ def test_a_random_init_backbone_hash_does_not_depend_on_what_was_built_before():
     build_model(_spec("frozen", drop=None))  # ... and another model was built before
     assert frozen_digest(build_model(spec)) == first
     assert frozen_digest(build_model(dataclasses.replace(spec, seed=8))) != first
+
+
+def test_checkpoints_written_before_a_part_was_renamed_still_load():
+    """MoBaNet's CPIA prompts and aux heads took the names KTB uses for the same roles
+    (``prompts``, ``head_rgb``, ``head_x``); older checkpoints load under the new names."""
+    from rsfusion.models.engine import migrate_state_dict
+
+    model = build_model(_spec("frozen", drop=None))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    old = {}
+    for key, value in state.items():
+        for was, now in MoBaNet.renamed.items():
+            key = key.replace(f"model.recipe.{now}", f"model.recipe.{was}")
+        old[key] = value
+    assert any(k.startswith("model.recipe.cpia.") for k in old)
+    assert migrate_state_dict(model, old, prefix="model.") > 0
+    assert old.keys() == state.keys()
+    assert all(torch.equal(old[k], state[k]) for k in state)

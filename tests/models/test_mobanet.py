@@ -55,7 +55,7 @@ def test_both_cpia_forms_train_and_count_parameters(cpia):
     assert any(".adapters." in n for n in names) == (cpia == "adapter")
     out = model.train()(torch.rand(2, 3, 28, 28), torch.rand(2, 1, 28, 28))
     out["out"].mean().backward()
-    assert model.recipe.cpia[0].mix.weight.grad is not None
+    assert model.recipe.prompts[0].mix.weight.grad is not None
 
 
 def test_backbone_weights_from_a_local_file_or_a_clear_error(tmp_path):
@@ -90,7 +90,7 @@ def test_cnn_backbone_with_real_lite0_weights_stage_level_cpia():
     assert torch.equal(model.recipe.x_embed[0].weight, stem)  # a copy of the pre-trained stem
     assert abs(float(stem.std()) - 0.0) > 1e-3
     # prompts sized by the channels entering each stage: stem 32, then 16, 24, 40, 112
-    assert [p.down_rgb.in_features for p in model.recipe.cpia] == [32, 16, 24, 40, 112]
+    assert [p.down_rgb.in_features for p in model.recipe.prompts] == [32, 16, 24, 40, 112]
     out = model.train()(torch.rand(2, 3, 70, 90), torch.rand(2, 1, 70, 90))
     assert out["out"].shape == (2, 6, 70, 90)
     bad = ModelSpec("mobanet", 6, 3, 1, backbone="tf_efficientnet_lite0",

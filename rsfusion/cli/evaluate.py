@@ -20,6 +20,7 @@ test tile's ``<stem>_classes.tif`` exactly as ``predict.py`` writes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -32,14 +33,10 @@ import numpy as np
 
 from rsfusion.allocator import keep_freed_memory
 from rsfusion.cli import USER_ERRORS
-from rsfusion.cli.train import (
-    CheckpointMismatchError,
-    build_task,
-    check_fits,
-    read_checkpoint,
-)
+from rsfusion.cli.train import build_task
 from rsfusion.config import ConfigError, load_config
-from rsfusion.errors import MissingFileError
+from rsfusion.errors import CheckpointMismatchError, MissingFileError
+from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
 LABELS = {"both": "RGB + X", "rgb": "RGB only (X zeroed)", "x": "X only (RGB zeroed)"}
@@ -74,25 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_trained(task: Any, ckpt_path: str) -> dict[str, Any]:
+def load_trained(task: Any, ckpt_path: str) -> CheckpointMeta:
     """Load a (slim) checkpoint into a freshly built task; refuse one that does not fit."""
-    from rsfusion.models.checkpoint import frozen_digest
-
-    saved = read_checkpoint("--ckpt", ckpt_path)
-    check_fits("--ckpt", ckpt_path, saved, task.hparams.meta)
-    old = saved.get("rsfusion", {})
-    digest = frozen_digest(task.model)
-    if old.get("frozen_sha256") != digest:
-        raise CheckpointMismatchError(
-            f"--ckpt {ckpt_path} was trained on a frozen backbone with sha256 "
-            f"{old.get('frozen_sha256')}, but this config builds one with {digest}: load the "
-            f"same backbone weights (model.weights of the run's config.yaml: "
-            f"{old.get('config', {}).get('model', {}).get('weights')})"
-        )
+    saved, old = read_checkpoint(ckpt_path, "--ckpt")
+    source = f"--ckpt {ckpt_path}"
+    old.check_fits(CheckpointMeta.from_dict(task.hparams.meta, "config"), source)
+    check_frozen(old, task.model, source)
     try:
         task.on_load_checkpoint(saved)
     except CheckpointMismatchError as err:
-        raise CheckpointMismatchError(f"--ckpt {ckpt_path}: {err}") from err
+        raise CheckpointMismatchError(f"{source}: {err}") from err
     task.load_state_dict(saved["state_dict"], strict=False)
     return old
 
@@ -131,7 +119,7 @@ def read_classes(path: Path) -> tuple[np.ndarray, int | None]:
 
 def score_tiles(
     runner: Any,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     tiles: list[Any],
     label_kind: str,
     options: Any,
@@ -145,7 +133,7 @@ def score_tiles(
     from rsfusion.inference.predict import predict_pair
     from rsfusion.training.metrics import confusion_from_arrays, scores_from_confusion
 
-    k, ignore = len(meta["classes"]), int(meta["ignore_index"])
+    k, ignore = len(meta.classes), int(meta.ignore_index)
     total = torch.zeros(k, k, dtype=torch.long)
     per_tile: dict[str, Any] = {}
     for n, tile in enumerate(tiles):
@@ -156,7 +144,7 @@ def score_tiles(
         x_source = tile.x.source if tile.x is not None else None
         written = predict_pair(runner, meta, tile.rgb.source, x_source, dest, options, stem=stem)
         pred, nodata = read_classes(written["classes"])
-        target = read_labels(label.source, meta["palette"], ignore)
+        target = read_labels(label.source, meta.palette, ignore)
         unpredicted = pred == nodata if nodata is not None else np.zeros_like(pred, bool)
         target = np.where(unpredicted, ignore, target)
         cm = confusion_from_arrays(np.where(unpredicted, 0, pred), target, k, ignore)
@@ -172,11 +160,9 @@ def score_tiles(
     return total, per_tile
 
 
-def _metric_classes(meta: dict[str, Any]) -> list[int]:
-    exclude = set(meta.get("metric_exclude", []))
-    if "metric_classes" in meta:
-        return list(meta["metric_classes"])
-    return [i for i, c in enumerate(meta["classes"]) if c not in exclude]
+def _metric_classes(meta: CheckpointMeta) -> list[int]:
+    """The classes averaged in mF1 / mIoU (the task's, put in ``extra`` by :func:`main`)."""
+    return list(meta.get("metric_classes", range(len(meta.classes))))
 
 
 def read_preview(rgb_source: str, max_side: int = 800) -> tuple[np.ndarray, int]:
@@ -191,7 +177,7 @@ def read_preview(rgb_source: str, max_side: int = 800) -> tuple[np.ndarray, int]
 
 
 def save_overlay(
-    image: np.ndarray, pred: np.ndarray, target: np.ndarray, meta: dict[str, Any], path: Path
+    image: np.ndarray, pred: np.ndarray, target: np.ndarray, meta: CheckpointMeta, path: Path
 ) -> Path:
     """PNG of three panels: the image, the prediction over it, and the errors (red) on it.
 
@@ -202,10 +188,10 @@ def save_overlay(
     img = np.repeat(image, 3, 0) if image.shape[0] == 1 else image[:3]
     lo, hi = np.percentile(img, 1), np.percentile(img, 99)
     img = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).transpose(1, 2, 0)
-    palette = np.asarray(list(meta["palette"]) + [[0, 0, 0]] * 256, np.float32)
+    palette = np.asarray(list(meta.palette) + [[0, 0, 0]] * 256, np.float32)
     colours = palette[np.clip(pred, 0, len(palette) - 1)]
     over = 0.5 * img + 0.5 * colours
-    wrong = (pred != target) & (target != int(meta["ignore_index"]))
+    wrong = (pred != target) & (target != int(meta.ignore_index))
     errors = img * 0.4
     errors[wrong] = [255, 0, 0]
     panel = np.concatenate([img, over, errors], axis=1).astype(np.uint8)
@@ -245,7 +231,7 @@ def score_images(
 
     from rsfusion.training.metrics import confusion_from_arrays, scores_from_confusion
 
-    k, ignore = len(meta["classes"]), int(meta["ignore_index"])
+    k, ignore = len(meta.classes), int(meta.ignore_index)
     dataset = dm.make_dataset(split, dm.fit_x_norm())
     total = torch.zeros(k, k, dtype=torch.long)
     per_image: dict[str, Any] = {}
@@ -262,7 +248,7 @@ def score_images(
         s = scores_from_confusion(cm, _metric_classes(meta))
         per_image[name] = {key: float(s[key]) for key in ("PA", "mIoU")}
         if dest is not None:
-            save_class_png(pred, meta["palette"], dest / f"{name}_classes.png")
+            save_class_png(pred, meta.palette, dest / f"{name}_classes.png")
         if overlays is not None and n < max_overlays:
             save_overlay(sample["image"].numpy(), pred, target, meta, overlays / f"{name}.png")
     return total, per_image
@@ -287,8 +273,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     dm, task = build_task(cfg)
     saved = load_trained(task, args.ckpt)
     # normalisation exactly as trained (X statistics of the training rasters included)
-    meta = {**task.hparams.meta, **{k: saved[k] for k in ("rgb_norm", "x_norm") if k in saved}}
-    meta["metric_classes"] = list(task.hparams.metric_classes)
+    metric_classes = list(task.hparams.metric_classes)
+    config_meta = CheckpointMeta.from_dict(task.hparams.meta, "config")
+    meta = dataclasses.replace(
+        config_meta,
+        rgb_norm=saved.rgb_norm,
+        x_norm=saved.x_norm,
+        extra={**config_meta.extra, "metric_classes": metric_classes},
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     modes = args.inputs or (["both", "rgb", "x"] if cfg.data.x else ["both"])
@@ -320,8 +312,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
         readers=1,
     )  # fmt: skip
-    names = list(meta["classes"])
-    metric_classes = meta["metric_classes"]
+    names = list(meta.classes)
     rows: dict[str, Any] = {}
     result: dict[str, Any] = {}
     # natural images are padded as in training; ISPRS windows reach the model as predict sends them

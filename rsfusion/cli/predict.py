@@ -31,6 +31,7 @@ from rsfusion.inference.folder import (
     shard,
 )
 from rsfusion.inference.predict import PredictOptions, load_predictor, predict_pair
+from rsfusion.models.checkpoint import CheckpointMeta
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def collect_pairs(args: argparse.Namespace, meta: dict) -> list[Pair]:
+def collect_pairs(args: argparse.Namespace, meta: CheckpointMeta) -> list[Pair]:
     """The pairs named on the command line: one file pair, two folders or a CSV."""
     if args.pairs:
         return read_pairs_csv(Path(args.pairs))
@@ -81,8 +82,7 @@ def collect_pairs(args: argparse.Namespace, meta: dict) -> list[Pair]:
     if rgb.is_dir():
         if x is not None and not x.is_dir():
             raise PairingError(f"--rgb {rgb} is a folder, so --x must be one too (got {x})")
-        return pair_folders(rgb, x, meta.get("card"), meta.get("rgb_modality", "rgb"),
-                            meta.get("x_modality"))  # fmt: skip
+        return pair_folders(rgb, x, meta.card, meta.rgb_modality, meta.x_modality)
     if not rgb.is_file():
         raise MissingFileError(f"--rgb {rgb}: no such file or folder")
     if x is not None and not x.is_file():

@@ -14,8 +14,8 @@ from rsfusion.allocator import keep_freed_memory
 from rsfusion.cli import USER_ERRORS
 from rsfusion.config import ExperimentConfig, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
-from rsfusion.errors import CheckpointMismatchError, MissingFileError
 from rsfusion.models.base import ModelSpec, count_parameters
+from rsfusion.models.checkpoint import CheckpointMeta, read_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,27 +91,6 @@ def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
     return folder
 
 
-def read_checkpoint(flag: str, path: str) -> dict[str, Any]:
-    """Load a checkpoint file named by a command-line flag, or say which file is missing."""
-    import torch
-
-    if not Path(path).is_file():
-        raise MissingFileError(f"{flag} {path}: no such checkpoint file")
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-
-
-def check_fits(flag: str, path: str, saved: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose classes or bands differ from the config's."""
-    old = saved.get("rsfusion", {})
-    for key in ("classes", "rgb_bands", "x_bands"):
-        if key in old and old[key] != meta[key]:
-            raise CheckpointMismatchError(
-                f"{flag} {path}: its {key} {old[key]} differ from this config's {meta[key]}; "
-                "use the config the checkpoint was trained with (its config.yaml sits in the "
-                "run folder)."
-            )
-
-
 def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
     """The datamodule and the LightningModule of a config (seed first for a stable init)."""
     from rsfusion.data.factory import make_datamodule
@@ -135,7 +114,8 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     dm, task = build_task(cfg)
     meta = task.hparams.meta
     if resume:
-        check_fits("--resume", resume, read_checkpoint("--resume", resume), meta)
+        _, old = read_checkpoint(resume, "--resume")
+        old.check_fits(CheckpointMeta.from_dict(meta, "config"), f"--resume {resume}")
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(

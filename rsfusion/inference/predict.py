@@ -32,7 +32,8 @@ from rsfusion.inference.blending import edge_aware, weight_map
 from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mask
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
-from rsfusion.models.base import ModelSpec, build_model
+from rsfusion.models.base import build_model
+from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 from rsfusion.models.engine import migrate_state_dict
 
 
@@ -72,28 +73,12 @@ class PredictOptions:
         )  # fmt: skip
 
 
-def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, CheckpointMeta]:
     """The model of a checkpoint and its metadata; refuses a different frozen backbone."""
-    from rsfusion.models.checkpoint import frozen_digest
-
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise PredictionError(f"--ckpt {path}: no such checkpoint file")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    meta = saved.get("rsfusion")
-    if not meta or "model" not in meta:
-        raise PredictionError(f"--ckpt {path} carries no rsfusion metadata: train it with train.py")
-    # the seed the backbone was initialised from (checkpoints before it was in the spec: the
-    # config's): a randomly initialised frozen backbone is rebuilt bit for bit
-    seed = meta.get("config", {}).get("seed", 42)
-    model = build_model(ModelSpec(**{"seed": seed, **meta["model"]}))
-    digest = frozen_digest(model)
-    if meta.get("frozen_sha256") != digest:
-        raise PredictionError(
-            f"--ckpt {path} was trained on a frozen backbone with sha256 "
-            f"{meta.get('frozen_sha256')}, this one has {digest}: load the weights named in "
-            f"the checkpoint's config (model.weights = {meta['model'].get('weights')})"
-        )
+    saved, meta = read_checkpoint(path, "--ckpt")
+    model = build_model(meta.spec)  # the backbone seeded as in training
+    check_frozen(meta, model, f"--ckpt {path}")
     state = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()}
     migrate_state_dict(model, state)  # parts renamed since the checkpoint was written
     missing = [k for k in model.state_dict() if k not in state and not _frozen(model, k)]
@@ -110,7 +95,7 @@ def _frozen(model: torch.nn.Module, key: str) -> bool:
 
 @contextlib.contextmanager
 def open_inputs(
-    rgb: str | Path, x: str | Path | None, meta: dict[str, Any], align: bool
+    rgb: str | Path, x: str | Path | None, meta: CheckpointMeta, align: bool
 ) -> Iterator[tuple[Any, tuple | None]]:
     """Open the RGB raster and check the pair against the checkpoint.
 
@@ -118,20 +103,20 @@ def open_inputs(
     shares the RGB grid or there is no X). A misaligned X is refused unless ``align``.
     """
     with rasterio.open(rgb) as src:
-        if src.count != len(meta["rgb_bands"]):
+        if src.count != len(meta.rgb_bands):
             raise PredictionError(
                 f"--rgb {rgb} has {src.count} bands, the checkpoint was trained on "
-                f"{len(meta['rgb_bands'])} {meta['rgb_bands']}: give the matching orthophoto"
+                f"{len(meta.rgb_bands)} {meta.rgb_bands}: give the matching orthophoto"
             )
-        if meta.get("x_bands") and x is None:
-            raise PredictionError(f"the checkpoint needs an X raster {meta['x_bands']}: add --x")
+        if meta.x_bands and x is None:
+            raise PredictionError(f"the checkpoint needs an X raster {meta.x_bands}: add --x")
         if x is None:
             yield src, None
             return
         with rasterio.open(x) as xsrc:
-            if xsrc.count != len(meta["x_bands"]):
+            if xsrc.count != len(meta.x_bands):
                 raise PredictionError(
-                    f"--x {x} has {xsrc.count} bands, the checkpoint expects {meta['x_bands']}"
+                    f"--x {x} has {xsrc.count} bands, the checkpoint expects {meta.x_bands}"
                 )
             same = (xsrc.crs, xsrc.transform, xsrc.shape) == (src.crs, src.transform, src.shape)
             if not same and not align:
@@ -145,11 +130,11 @@ def open_inputs(
 
 
 def pair_spec(
-    meta: dict[str, Any], rgb: str | Path, x: str | Path | None, x_grid: tuple | None = None
+    meta: CheckpointMeta, rgb: str | Path, x: str | Path | None, x_grid: tuple | None = None
 ) -> PairSpec:
     """The pair with its normalisation as in training (RGB mean/std, X affine of its raster)."""
-    norm = meta["rgb_norm"]
-    offset, scale = XNorm(**meta["x_norm"]).affine(str(x)) if x is not None else (0.0, 1.0)
+    norm = meta.rgb_norm
+    offset, scale = XNorm(**meta.x_norm).affine(str(x)) if x is not None else (0.0, 1.0)
     return PairSpec(
         rgb=rgb, x=x, x_grid=x_grid,
         norm=InputNorm(
@@ -162,7 +147,7 @@ def pair_spec(
 
 def predict_pair(
     model: torch.nn.Module | ModelRunner,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     rgb: str | Path,
     x: str | Path | None,
     out_dir: str | Path,
@@ -181,11 +166,11 @@ def predict_pair(
     out_dir = Path(out_dir)
     stem = stem or Path(str(rgb).split("?")[0]).stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    window = opts.window or int(meta["window"])
+    window = opts.window or int(meta.window)
     overlap = window // 4 if opts.overlap is None else opts.overlap
     if not 0 <= overlap < window:
         raise PredictionError(f"--overlap {overlap} must lie in [0, window={window})")
-    classes, palette = meta["classes"], meta["palette"]
+    classes, palette = meta.classes, meta.palette
     k = len(classes)
     written: dict[str, Path] = {}
     with open_inputs(rgb, x, meta, opts.align) as (src, x_grid):

@@ -66,7 +66,7 @@ def test_the_checkpoint_fills_per_sample_metadata_for_prediction(trained):
     from rsfusion.inference.predict import load_predictor
 
     model, meta = load_predictor(trained)
-    assert model.default_meta == (meta["card"], meta["x_modality"]) == ("vaihingen", "dsm")
+    assert model.default_meta == (meta.card, meta.x_modality) == ("vaihingen", "dsm")
 
 
 def test_a_different_frozen_backbone_is_refused(trained, tmp_path, vaihingen_root, capsys):
@@ -82,9 +82,9 @@ def _numpy_protocol(ckpt, root, tiles, window, stride):
     from rsfusion.inference.predict import load_predictor
 
     model, meta = load_predictor(ckpt)
-    mean = np.asarray(meta["rgb_norm"]["mean"], np.float64).reshape(-1, 1, 1)
-    std = np.asarray(meta["rgb_norm"]["std"], np.float64).reshape(-1, 1, 1)
-    palette = np.asarray(meta["palette"])
+    mean = np.asarray(meta.rgb_norm["mean"], np.float64).reshape(-1, 1, 1)
+    std = np.asarray(meta.rgb_norm["std"], np.float64).reshape(-1, 1, 1)
+    palette = np.asarray(meta.palette)
     k = len(palette)
     cm = np.zeros((k, k), np.int64)
 
@@ -115,7 +115,7 @@ def _numpy_protocol(ckpt, root, tiles, window, stride):
         keep = target != 255
         cm += np.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
     tp, gt, pr = np.diag(cm), cm.sum(1), cm.sum(0)
-    five = [i for i in range(k) if meta["classes"][i] != "clutter"]
+    five = [i for i in range(k) if meta.classes[i] != "clutter"]
     present = [i for i in five if gt[i] + pr[i] > 0]
     iou = tp / np.maximum(gt + pr - tp, 1)
     f1 = 2 * tp / np.maximum(gt + pr, 1)

@@ -79,9 +79,9 @@ def test_one_window_equals_a_direct_forward(ckpt, vaihingen_root, tmp_path):
     )
     with rasterio.open(rgb) as a, rasterio.open(x) as b:
         img, dsm = a.read().astype(np.float32), b.read().astype(np.float32)
-    mean = np.asarray(meta["rgb_norm"]["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(meta["rgb_norm"]["std"], np.float32).reshape(-1, 1, 1)
-    off, scale = XNorm(**meta["x_norm"]).affine(str(x))
+    mean = np.asarray(meta.rgb_norm["mean"], np.float32).reshape(-1, 1, 1)
+    std = np.asarray(meta.rgb_norm["std"], np.float32).reshape(-1, 1, 1)
+    off, scale = XNorm(**meta.x_norm).affine(str(x))
     pad = ((0, 0), (0, 64 - img.shape[1]), (0, 64 - img.shape[2]))
     # as in training: RGB padded with pixel value 0, X with 0 after normalisation
     rgb_t = torch.from_numpy((np.pad(img, pad) - mean) / std)[None]

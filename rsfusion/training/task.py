@@ -16,7 +16,7 @@ from rsfusion.catalog import DatasetCard
 from rsfusion.config import ExperimentConfig, OptimConfig, config_to_dict
 from rsfusion.errors import CheckpointMismatchError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
-from rsfusion.models.checkpoint import frozen_digest
+from rsfusion.models.checkpoint import META_KEY, frozen_digest
 from rsfusion.models.engine import migrate_state_dict
 from rsfusion.training.losses import AuxSupervision, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
@@ -235,7 +235,7 @@ class SegmentationTask(LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
         meta = dict(self.hparams.meta or {})
         meta["frozen_sha256"] = frozen_digest(self.model)
-        checkpoint["rsfusion"] = meta
+        checkpoint[META_KEY] = meta  # read back by rsfusion.models.checkpoint.read_checkpoint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # parts renamed since the checkpoint was written load under their new names

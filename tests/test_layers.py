@@ -42,6 +42,9 @@ def upward_imports(root: Path = PACKAGE) -> list[str]:
                 continue
             for name in names:
                 dst = _part(name)
+                tool = src == dst == "cli" and name != "rsfusion.cli" and module != name
+                if tool and not module.endswith("__init__"):  # one command-line tool another
+                    found.append(f"{module} -> {name}")
                 if src not in LAYERS or dst not in LAYERS or src == dst:
                     continue
                 up = LAYERS[dst] > LAYERS[src]

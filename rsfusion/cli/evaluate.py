@@ -33,7 +33,6 @@ import numpy as np
 
 from rsfusion.allocator import keep_freed_memory
 from rsfusion.cli import USER_ERRORS
-from rsfusion.cli.train import build_task
 from rsfusion.config import ConfigError, load_config
 from rsfusion.errors import CheckpointMismatchError, MissingFileError
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
@@ -270,7 +269,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = load_config(args.cfg, args.set)
     L.seed_everything(cfg.seed, workers=True)
-    dm, task = build_task(cfg)
+    from rsfusion.data import make_datamodule
+    from rsfusion.training import SegmentationTask
+
+    dm = make_datamodule(cfg.data, cfg.seed)
+    task = SegmentationTask.from_config(cfg, dm)
     saved = load_trained(task, args.ckpt)
     # normalisation exactly as trained (X statistics of the training rasters included)
     metric_classes = list(task.hparams.metric_classes)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rsfusion.allocator import keep_freed_memory
-from rsfusion.cli import USER_ERRORS
+from rsfusion.cli import USER_ERRORS, show_messages
 from rsfusion.config import ConfigError, load_config
 from rsfusion.errors import CheckpointMismatchError, MissingFileError
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
@@ -365,6 +365,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", "64")
+    show_messages()
     keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     try:
         evaluate(args)

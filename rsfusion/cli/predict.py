@@ -19,7 +19,7 @@ from pathlib import Path
 import rasterio
 
 from rsfusion.allocator import keep_freed_memory
-from rsfusion.cli import USER_ERRORS
+from rsfusion.cli import USER_ERRORS, show_messages
 from rsfusion.errors import MissingFileError
 from rsfusion.inference.folder import (
     Pair,
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # output is left under its final name; rerunning completes the job.
     signal.signal(signal.SIGTERM, _terminate)
     os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
+    show_messages()
     keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     options = PredictOptions(

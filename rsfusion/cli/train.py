@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rsfusion.allocator import keep_freed_memory
-from rsfusion.cli import USER_ERRORS
+from rsfusion.cli import USER_ERRORS, show_messages
 from rsfusion.config import ExperimentConfig, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
 from rsfusion.models.base import ModelSpec, count_parameters
@@ -150,6 +150,7 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", "64")
+    show_messages()
     keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     try:
         cfg = load_config(args.cfg, args.set)

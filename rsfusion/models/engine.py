@@ -75,10 +75,12 @@ class Recipe(nn.Module, abc.ABC):
     def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
         """Embed the X stream: with the recipe's submodule ``x_embed`` where it has one
         (``self.x_embed = self.copy_embedding(backbone)``: MoBaNet, KTB), else with the
-        backbone's own, shared embedding (CPAL, SegRGB-X)."""
+        backbone's own, shared embedding (CPAL, SegRGB-X); a 1-channel X is repeated to 3."""
         copy_ = self._modules.get("x_embed")
         if copy_ is not None:
             return self.embed_x_copy(backbone, x, copy_)
+        if x.shape[1] == 1:  # a DSM or depth map through the shared 3-channel stem
+            x = x.expand(-1, 3, -1, -1)
         return backbone.embed(x, stream="x")
 
     def embed_x_copy(self, backbone: Backbone, x: Tensor, embedding: nn.Module) -> StreamState:

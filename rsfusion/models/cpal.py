@@ -113,10 +113,15 @@ class CPAL(Recipe):
         dims = [s.channels for s in backbone.stages]
         prompted = set(range(n) if mcp_stages is None else mcp_stages)
         widths = backbone.block_channels()
+        entering = backbone.stage_input_channels()
+        # a prompt adds one stream's tokens to the other's before and after a block: blocks
+        # that change the width (a CNN's first block of a stage) run without one
         self.mcp = nn.ModuleList(
             nn.ModuleList(
                 MCP(c, mcp_hidden, mcp_groups, mcp_dropout, faithful=faithful)
-                for c in (widths[i] if i in prompted else [])
+                if c == ([entering[i]] + widths[i])[j]
+                else nn.Identity()
+                for j, c in enumerate(widths[i] if i in prompted else [])
             )
             for i in range(n)
         )
@@ -151,9 +156,9 @@ class CPAL(Recipe):
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState
     ) -> tuple[StreamState, StreamState]:
         """The four interleaved updates, MCP's P1 beside the DCN half, P2 beside the MLP."""
-        if not len(self.mcp[stage]):
+        mcp = self.mcp[stage][index] if len(self.mcp[stage]) else None
+        if not isinstance(mcp, MCP):
             return super().in_block(backbone, stage, index, r, x)
-        mcp = self.mcp[stage][index]
 
         def prompted(state: StreamState, other: StreamState, block: nn.Module) -> StreamState:
             return state.with_patches(state.patches() + block(other.patches()))

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary files are removed and no
     # output is left under its final name; rerunning completes the job.
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C too, also when a shell started it in the background (with SIGINT ignored, so
+    # Python installed no KeyboardInterrupt handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
     show_messages()
     keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)

@@ -143,7 +143,8 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     last = ckpt_dir / "last.ckpt"
     # parameters only: DDP ranks agree on them; BN running statistics stay rank-local
     digest = tensors_digest(dict(task.model.named_parameters()))
-    print(f"rank {trainer.global_rank} weights sha256={digest}")
+    # flushed: Lightning may end the other ranks before their buffered output is written
+    print(f"rank {trainer.global_rank} weights sha256={digest}", flush=True)
     return last
 
 

@@ -143,8 +143,10 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     last = ckpt_dir / "last.ckpt"
     # parameters only: DDP ranks agree on them; BN running statistics stay rank-local
     digest = tensors_digest(dict(task.model.named_parameters()))
-    # flushed: Lightning may end the other ranks before their buffered output is written
-    print(f"rank {trainer.global_rank} weights sha256={digest}", flush=True)
+    # one write with its newline: the ranks share stdout, and print() may write the text and
+    # the newline separately (another rank's line then lands in between)
+    sys.stdout.write(f"rank {trainer.global_rank} weights sha256={digest}\n")
+    sys.stdout.flush()
     return last
 
 

@@ -19,8 +19,8 @@ def test_ddp_two_cpu_ranks_agree(tmp_path, vaihingen_root):
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = dict(re.findall(r"rank (\d) weights sha256=(\w+)", proc.stdout))
-    assert set(digests) == {"0", "1"}
+    digests = dict(re.findall(r"rank (\d) weights sha256=([0-9a-f]{64})", proc.stdout))
+    assert set(digests) == {"0", "1"}, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert digests["0"] == digests["1"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert not list((tmp_path / "run").rglob("*.partial"))

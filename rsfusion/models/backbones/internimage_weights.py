@@ -32,10 +32,9 @@ from rsfusion.models.backbones.weights import (
     _FIX,
     LoadReport,
     _first,
-    _looks_like_path,
     _offline,
     _read_file,
-    _unwrap,
+    read_source,
     tensors_digest,
 )
 
@@ -122,16 +121,8 @@ def load_internimage_weights(
 
 
 def _tensors(source: str | Path) -> tuple[dict[str, Tensor], str]:
-    """The source's tensors (wrappers removed) and its label."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _unwrap(_read_file(path), str(path)), str(path)
-    if path.is_dir():
-        raise WeightsUnavailable(f"{path} is a folder: point at the weights file inside it.")
-    if _looks_like_path(source):
-        raise WeightsUnavailable(f"weights file not found: {path}. Fix: {_FIX} (an existing file).")
-    name = str(source)
-    return _unwrap(_read_file(_hub_file(name)), name), name
+    """The source's tensors (wrappers removed) and its label (hub names: the official files)."""
+    return read_source(source, lambda name: _read_file(_hub_file(name)))
 
 
 def _hub_file(name: str) -> Path:

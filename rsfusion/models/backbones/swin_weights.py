@@ -30,12 +30,8 @@ from rsfusion.models.backbones.swin import SwinBackbone
 from rsfusion.models.backbones.weights import (
     _FIX,
     LoadReport,
-    WeightsUnavailable,
     _first,
-    _hub_state_dict,
-    _looks_like_path,
-    _read_file,
-    _unwrap,
+    read_source,
     tensors_digest,
 )
 
@@ -117,14 +113,7 @@ def load_swin_weights(
 
 def _tensors(source: str | Path) -> tuple[dict[str, Tensor], str]:
     """The source's tensors (wrappers removed) and its label."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _unwrap(_read_file(path), str(path)), str(path)
-    if path.is_dir():
-        raise WeightsUnavailable(f"{path} is a folder: point at the weights file inside it.")
-    if _looks_like_path(source):
-        raise WeightsUnavailable(f"weights file not found: {path}. Fix: {_FIX} (an existing file).")
-    return _unwrap(_hub_state_dict(str(source)), str(source)), str(source)
+    return read_source(source)
 
 
 def _split(

@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +162,22 @@ def load_vit_weights(
     now = model.state_dict()
     digest = tensors_digest({k: now[k] for k in state})
     return LoadReport(label, len(state), missing, dropped, resized, digest)
+
+
+def read_source(
+    source: str | Path, from_hub: Callable[[str], object] | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """The tensors of a weights source (a local file, or a hub name read by ``from_hub``,
+    default :func:`_hub_state_dict`), wrappers removed, and its label for messages."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _unwrap(_read_file(path), str(path)), str(path)
+    if path.is_dir():
+        raise WeightsUnavailable(f"{path} is a folder: point at the weights file inside it.")
+    if _looks_like_path(source):
+        raise WeightsUnavailable(f"weights file not found: {path}. Fix: {_FIX} (an existing file).")
+    name = str(source)
+    return _unwrap((from_hub or _hub_state_dict)(name), name), name
 
 
 def _first(names: list[str], n: int = 5) -> str:

@@ -67,6 +67,7 @@ class DataConfig:
     resize: list[int] | None = None  # [h, w] every sample is resized to on the CPU
     scale_range: list[float] | None = None  # training: random CPU rescale before the crop
     crop: list[int] | None = None  # training: random [h, w] CPU crop (padded with ignore)
+    crop_cat_max: float = 1.0  # with crop: redraw (10 tries) where one class covers more (CPAL .75)
     pad_multiple: int = 32  # batches padded to a multiple of this (mask: ignore)
 
 

@@ -71,7 +71,7 @@ class NaturalDataModule(NonGeoDataModule):
         ignore = source.ignore_index
         try:
             self.train_transform = (
-                SampleResizeCrop(cfg.resize, cfg.scale_range, cfg.crop, ignore)
+                SampleResizeCrop(cfg.resize, cfg.scale_range, cfg.crop, ignore, cfg.crop_cat_max)
                 if cfg.resize or cfg.scale_range or cfg.crop
                 else None
             )

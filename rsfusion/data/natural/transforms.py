@@ -47,6 +47,9 @@ class SampleResizeCrop:
         scale_range: ``(min, max)`` random rescale factor, or None.
         crop: ``(h, w)`` random crop; smaller images are padded (X 0, mask ignore) first.
         ignore_index: mask value of padding.
+        cat_max: mmseg's ``cat_max_ratio`` (CPAL: 0.75): a crop in which one class covers more
+            than this fraction of the labelled pixels is drawn again, up to 10 times (the last
+            draw is kept); 1.0 keeps the first draw.
     """
 
     def __init__(
@@ -55,7 +58,11 @@ class SampleResizeCrop:
         scale_range: Sequence[float] | None = None,
         crop: Sequence[int] | None = None,
         ignore_index: int = 255,
+        cat_max: float = 1.0,
     ) -> None:
+        if not 0 < cat_max <= 1:
+            raise ValueError(f"cat_max must lie in (0, 1], got {cat_max}")
+        self.cat_max = cat_max
         if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be (min, max), 0 < min <= max: {scale_range}")
         for name, pair in (("size", size), ("crop", crop)):
@@ -65,6 +72,14 @@ class SampleResizeCrop:
         self.scale_range = tuple(scale_range) if scale_range else None
         self.crop = tuple(crop) if crop else None
         self.ignore_index = ignore_index
+
+    def _balanced(self, mask: Tensor) -> bool:
+        """No class covers more than ``cat_max`` of the crop's labelled pixels (mmseg's rule:
+        a crop with a single labelled class is also refused)."""
+        labels = mask[mask != self.ignore_index]
+        counts = torch.bincount(labels.flatten()) if labels.numel() else labels.new_zeros(0)
+        counts = counts[counts > 0]
+        return len(counts) > 1 and float(counts.max()) / float(counts.sum()) < self.cat_max
 
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample["image"].shape[-2:]
@@ -85,8 +100,11 @@ class SampleResizeCrop:
             return out
         ch, cw = self.crop
         out = pad_sample(out, ch, cw, self.ignore_index)
-        top = int(torch.randint(0, out["image"].shape[-2] - ch + 1, ()))
-        left = int(torch.randint(0, out["image"].shape[-1] - cw + 1, ()))
+        for _ in range(10 if self.cat_max < 1 else 1):
+            top = int(torch.randint(0, out["image"].shape[-2] - ch + 1, ()))
+            left = int(torch.randint(0, out["image"].shape[-1] - cw + 1, ()))
+            if self.cat_max >= 1 or self._balanced(out["mask"][top : top + ch, left : left + cw]):
+                break
         return {
             k: (
                 v[..., top : top + ch, left : left + cw] if k in ("image", "image_x", "mask") else v

@@ -389,3 +389,23 @@ def test_pad_collate_stacks_varying_sizes_to_a_multiple():
     assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64)
     assert int((batch["mask"][1] != 255).sum()) == 33 * 20
     assert torch.equal(batch["mask"][0, :40, :56], coordinate_sample(40, 56)["mask"])
+
+
+def test_cat_max_crop_redraws_crops_dominated_by_one_class():
+    """CPAL's crop (mmseg cat_max_ratio .75): a crop where one class covers more than 75 % of
+    the labelled pixels is drawn again (up to 10 times)."""
+    from rsfusion.data.natural.transforms import SampleResizeCrop
+
+    mask = torch.zeros(64, 64, dtype=torch.long)
+    mask[:, 48:] = 1  # class 1 only in the right quarter: most 16x16 crops are pure class 0
+    sample = {"image": torch.rand(3, 64, 64), "mask": mask}
+    plain = SampleResizeCrop(crop=(16, 16))
+    balanced = SampleResizeCrop(crop=(16, 16), cat_max=0.75)
+
+    def mixed(transform) -> int:
+        torch.manual_seed(0)
+        return sum(len(transform(sample)["mask"].unique()) > 1 for _ in range(200))
+
+    assert mixed(balanced) > 2 * mixed(plain)
+    with pytest.raises(ValueError, match="cat_max"):
+        SampleResizeCrop(crop=(16, 16), cat_max=0.0)

@@ -143,3 +143,53 @@ class AuxSupervision(nn.Module):
                 parts[f"aux_{name}"] = part
                 total = total + self.weight * part
         return {"loss": total, **parts}
+
+
+class RemapLoss(nn.Module):
+    """SegRGB-X's generalist loss, paper eq. 8: ``CE(X, Y) + CE(remap(X), remap(Y))``.
+
+    ``X`` are logits over the unified label space, ``Y`` unified labels; ``remap`` takes each
+    sample to its own dataset's classes (:meth:`UnifiedLabelSpace.select_logits` on the
+    logits, :meth:`UnifiedLabelSpace.remap` on the labels: unified classes the dataset lacks
+    become ignored). Both terms are means over valid pixels; the second pools the valid pixels
+    of every sample in the batch (each in its own dataset's classes), so a batch of one dataset
+    gives exactly ``CE(select(X), remap(Y))`` [inf: the paper writes the per-sample form].
+
+    Example:
+        >>> from rsfusion.data.labelspace import UnifiedLabelSpace
+        >>> space = UnifiedLabelSpace(["a", "b", "c"], {"d1": [("a", "a"), ("c", "c")]})
+        >>> logits, y = torch.zeros(1, 3, 1, 2), torch.tensor([[[0, 1]]])  # "b" is not in d1
+        >>> parts = RemapLoss(space)(logits, y, ["d1"])
+        >>> round(float(parts["unified"]), 4), round(float(parts["remap"]), 4)  # ln 3, ln 2
+        (1.0986, 0.6931)
+    """
+
+    def __init__(self, space: Any, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.space = space
+        self.ignore_index = space.ignore_index if ignore_index is None else ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor, datasets: Any) -> dict[str, Tensor]:
+        """``{"loss", "unified", "remap"}`` for logits (B, K, H, W) over the unified classes,
+        unified labels (B, H, W) and each sample's dataset name."""
+        datasets = list(datasets)
+        if len(datasets) != logits.shape[0]:
+            raise ValueError(f"{len(datasets)} dataset names for {logits.shape[0]} samples")
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(
+                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
+        unified = cross_entropy(logits, target, self.ignore_index)
+        total = logits.new_zeros(())
+        count = 0
+        for name in dict.fromkeys(datasets):
+            index = [i for i, d in enumerate(datasets) if d == name]
+            own = self.space.remap(target[index], name)
+            valid = int((own != self.ignore_index).sum())
+            if valid:
+                sub = self.space.select_logits(logits[index], name)
+                ce = F.cross_entropy(sub, own, ignore_index=self.ignore_index, reduction="sum")
+                total = total + ce
+                count += valid
+        remap = total / count if count else total + 0.0 * logits.sum()
+        return {"loss": unified + remap, "unified": unified, "remap": remap}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsfusion.catalog import DatasetCard
 from rsfusion.config import ExperimentConfig, OptimConfig, config_to_dict
+from rsfusion.data.labelspace import UnifiedLabelSpace
 from rsfusion.errors import CheckpointMismatchError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
 from rsfusion.models.checkpoint import META_KEY, frozen_digest
 from rsfusion.models.engine import migrate_state_dict
-from rsfusion.training.losses import AuxSupervision, split_output
+from rsfusion.training.losses import AuxSupervision, RemapLoss, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
 from rsfusion.training.metrics import scores_from_confusion
 from rsfusion.training.optim import build_optimizer, lr_lambda
@@ -61,6 +63,11 @@ class SegmentationTask(LightningModule):
         class_names: names in class order, for logs.
         masking: train-time modality masking (``MaskingConfig`` fields), default off.
         aux_loss: ``{"mode": "hard" | "self_teaching", "weight": w}`` for models with aux heads.
+        joint: generalist training over several datasets (SegRGB-X): ``{"label_space": the
+            unified label space as a dict, "sources": [{"name", "card", "class_names",
+            "metric_classes"}, ...]}`` in the validation loaders' order. The model predicts
+            unified classes; the loss is eq. 8 (:class:`RemapLoss`); each source is scored in
+            its own classes (``val/<name>/mIoU``; ``val/mIoU`` is their mean).
         meta: what prediction needs (bands, normalisation, classes, palette, window, config);
             stored in every checkpoint under ``"rsfusion"``.
     """
@@ -76,6 +83,7 @@ class SegmentationTask(LightningModule):
         seed: int = 42,
         masking: dict[str, Any] | None = None,
         aux_loss: dict[str, Any] | None = None,
+        joint: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -93,9 +101,23 @@ class SegmentationTask(LightningModule):
             if aux.get("mode", "none") != "none"
             else None
         )
-        k = self.spec.num_classes
+        self.remap_loss: RemapLoss | None = None
+        self.groups = [EvalGroup(None, None, list(class_names), list(metric_classes))]
+        if joint is not None:
+            space = UnifiedLabelSpace.from_dict(joint["label_space"], "checkpoint label space")
+            self.remap_loss = RemapLoss(space, ignore_index)
+            self.groups = [
+                EvalGroup(s["name"], s["card"], list(s["class_names"]), list(s["metric_classes"]))
+                for s in joint["sources"]
+            ]
         self.confusion = nn.ModuleDict(
-            {s: MulticlassConfusionMatrix(k, ignore_index=ignore_index) for s in ("val", "test")}
+            {
+                split: nn.ModuleList(
+                    MulticlassConfusionMatrix(len(g.class_names), ignore_index=ignore_index)
+                    for g in self.groups
+                )
+                for split in ("val", "test")
+            }
         )
 
     @classmethod
@@ -118,6 +140,7 @@ class SegmentationTask(LightningModule):
             seed=cfg.seed,
             masking=plain["model"]["masking"],
             aux_loss=plain["model"]["aux_loss"],
+            joint=joint_facts(datamodule),
         )
 
     def forward(
@@ -146,8 +169,17 @@ class SegmentationTask(LightningModule):
             x = torch.zeros_like(x)  # normalisation, as the training masks do
         elif self.drop == "rgb":
             rgb = torch.zeros_like(rgb)
-        logits = self.logits(self(rgb, x, meta=SampleMeta.from_batch(batch)))
-        return self.criterion(logits, batch["mask"]), logits
+        meta = SampleMeta.from_batch(batch)
+        logits = self.logits(self(rgb, x, meta=meta))
+        return self.loss(logits, batch["mask"], meta), logits
+
+    def loss(self, logits: Tensor, target: Tensor, meta: SampleMeta | None) -> Tensor:
+        """Cross-entropy; eq. 8 (unified + remapped to each sample's dataset) when joint."""
+        if self.remap_loss is None:
+            return self.criterion(logits, target)
+        if meta is None:
+            raise ValueError("joint training needs each sample's dataset (batch['dataset'])")
+        return self.remap_loss(logits, target, meta.dataset)["loss"]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         n = batch["mask"].shape[0]
@@ -163,7 +195,13 @@ class SegmentationTask(LightningModule):
         else:
             rgb, x, _ = self.masking(rgb, x)
             out = self(rgb, x, meta=meta)
-        if self.aux_loss is None:
+        if self.remap_loss is not None:
+            if meta is None:
+                raise ValueError("joint training needs each sample's dataset (batch['dataset'])")
+            parts = self.remap_loss(self.logits(out), batch["mask"], meta.dataset)
+            loss = parts["loss"]
+            self.log("train/loss_remap", parts["remap"], batch_size=n)
+        elif self.aux_loss is None:
             loss = self.criterion(self.logits(out), batch["mask"])
         else:
             main, aux = split_output(out)
@@ -174,38 +212,62 @@ class SegmentationTask(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
-    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+    def _eval_step(self, batch: dict[str, Tensor], split: str, loader: int = 0) -> None:
         loss, logits = self._step(batch)
-        self.confusion[split].update(logits.argmax(1), batch["mask"])
-        self.log(f"{split}/loss", loss, batch_size=batch["mask"].shape[0], sync_dist=True)
+        group, target = self.groups[loader], batch["mask"]
+        if group.card is not None and self.remap_loss is not None:  # scored in its own classes
+            space = self.remap_loss.space
+            logits, target = (
+                space.select_logits(logits, group.card),
+                space.remap(target, group.card),
+            )
+        self.confusion[split][loader].update(logits.argmax(1), target)
+        name = f"{split}/loss" if group.name is None else f"{split}/{group.name}/loss"
+        self.log(name, loss, batch_size=target.shape[0], sync_dist=True, add_dataloader_idx=False)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
 
     def _eval_epoch_end(self, split: str) -> None:
-        cm = self.confusion[split].compute()
-        self.confusion[split].reset()
-        scores = scores_from_confusion(cm, self.hparams.metric_classes)
-        self.last_scores[split] = scores
-        for key in ("OA", "mIoU", "mF1", "mAcc"):
-            value = scores[key].float()
-            self.log(f"{split}/{key}", value, prog_bar=key == "mIoU", sync_dist=True)
-        for name, iou in zip(self.hparams.class_names, scores["IoU"]):
-            self.log(f"{split}/IoU_{name}", iou.float(), sync_dist=True)
+        means: dict[str, list[Tensor]] = {}
+        for i, group in enumerate(self.groups):
+            cm = self.confusion[split][i].compute()
+            self.confusion[split][i].reset()
+            scores = scores_from_confusion(cm, group.metric_classes)
+            key = split if group.name is None else f"{split}/{group.name}"
+            self.last_scores[key] = scores
+            for metric in ("OA", "mIoU", "mF1", "mAcc"):
+                means.setdefault(metric, []).append(scores[metric].float())
+                if group.name is not None:
+                    self.log(f"{key}/{metric}", scores[metric].float(), sync_dist=True)
+            for name, iou in zip(group.class_names, scores["IoU"]):
+                self.log(f"{key}/IoU_{name}", iou.float(), sync_dist=True)
+            self._report(split, group, scores, cm)
+        for metric, values in means.items():  # joint: the mean over the datasets
+            value = torch.stack(values).mean()
+            self.log(f"{split}/{metric}", value, prog_bar=metric == "mIoU", sync_dist=True)
+
+    def _report(self, split: str, group: EvalGroup, scores: dict[str, Tensor], cm: Tensor) -> None:
+        """The class table in the log, the scores JSON and the confusion figure (rank 0)."""
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        names = self.hparams.class_names
-        table = format_class_table(scores, names, self.hparams.metric_classes)
-        log.info("\n%s epoch %d step %d\n%s", split, self.current_epoch, self.global_step, table)
+        names = group.class_names
+        table = format_class_table(scores, names, group.metric_classes)
+        where = split if group.name is None else f"{split} {group.name}"
+        log.info("\n%s epoch %d step %d\n%s", where, self.current_epoch, self.global_step, table)
         folder = Path(self.trainer.default_root_dir) / "reports"
         tag = {None: split, "x": f"{split}_rgb_only", "rgb": f"{split}_x_only"}[self.drop]
+        if group.name is not None:
+            tag = f"{tag}_{group.name}"
         save_scores_json(scores, names, folder / f"{tag}_scores.json")
         save_confusion_figure(
             cm.cpu(), names, folder / f"{tag}_confusion.png",
-            title=f"{split}, epoch {self.current_epoch}, step {self.global_step}",
+            title=f"{where}, epoch {self.current_epoch}, step {self.global_step}",
         )  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
@@ -250,6 +312,40 @@ class SegmentationTask(LightningModule):
                 f"checkpoint lacks {len(missing)} trainable tensors of this model (e.g. "
                 f"{missing[:3]}): it was written for another model or config"
             )
+
+
+@dataclass(frozen=True)
+class EvalGroup:
+    """What one validation loader is scored as: a source of a joint run (its name, card,
+    classes) or, for a single dataset, ``name`` and ``card`` None (scores keep their keys)."""
+
+    name: str | None
+    card: str | None
+    class_names: list[str]
+    metric_classes: list[int]
+
+
+def joint_facts(datamodule: Any) -> dict[str, Any] | None:
+    """The task's ``joint`` argument from a joint datamodule's ``describe()`` (None for one
+    dataset): the unified label space and, per source, its card, classes and metric classes."""
+    from rsfusion.catalog import load_card
+
+    described = datamodule.describe()
+    sources = described.get("joint")
+    if not sources:
+        return None
+    out = []
+    for name, facts in sources.items():
+        card = load_card(facts["card"])
+        out.append(
+            {
+                "name": name,
+                "card": card.name,
+                "class_names": list(card.class_names),
+                "metric_classes": list(card.metric_classes),
+            }
+        )
+    return {"label_space": described["label_space"], "sources": out}
 
 
 def reseed(seed: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,10 @@ class DataConfig:
     crop: list[int] | None = None  # training: random [h, w] CPU crop (padded with ignore)
     crop_cat_max: float = 1.0  # with crop: redraw (10 tries) where one class covers more (CPAL .75)
     pad_multiple: int = 32  # batches padded to a multiple of this (mask: ignore)
+    # generalist training (SegRGB-X): source name -> overrides of this section's fields (and
+    # ``ratio``, the source's share of training batches); see :func:`joint_overrides`
+    joint: dict[str, dict[str, Any]] | None = None
+    label_space: str | None = None  # unified label-space YAML (null: the shipped unified.yaml)
 
 
 @dataclass
@@ -143,6 +148,9 @@ class ExperimentConfig:
 
 
 KeyPath = tuple[str | int, ...]
+
+JOINT_ONLY = ("joint", "label_space")
+"""``data`` keys set once for all sources of a joint run, never under ``data.joint.<source>``."""
 
 
 def dotted(path: KeyPath) -> str:
@@ -295,4 +303,79 @@ def build(
                 raise ConfigError(f"unknown key '{dotted(key_path)}' in {where(key_path)}; {hint}")
             raise unknown_key(key_path, settable, where(key_path))
         kwargs[key] = convert(hints[key], value, key_path, where)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = CHECKS.get(cls)
+    if check is not None:
+        check(obj, path, where)
+    return obj
+
+
+# ---------------------------------------------------------------- cross-field checks
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in (mappings recursively; anything else replaced)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def joint_overrides(
+    cfg: DataConfig, path: KeyPath = ("data",), where: Callable[[KeyPath], str] = lambda p: "config"
+) -> list[tuple[str, DataConfig, float]]:
+    """The sources of ``cfg.joint``: (name, the ``data`` section with that source's overrides
+    deep-merged in and ``joint`` left out, ratio), in the order given.
+
+    Each source is validated with :func:`build`, so a bad key or value is named
+    ``data.joint.<source>.<key>``; ``ratio`` (default 1.0) must be a finite number > 0.
+
+    Raises:
+        ConfigError: no source, a bad ratio, a key that is set once for all sources.
+        TypeMismatch: a value of the wrong type (the caller turns it into a ConfigError).
+
+    Example:
+        >>> cfg = DataConfig(card="mfnet", joint={"a": {"x": "thermal", "ratio": 3}, "b": {}})
+        >>> [(name, src.card, src.x, ratio) for name, src, ratio in joint_overrides(cfg)]
+        [('a', 'mfnet', 'thermal', 3.0), ('b', 'mfnet', 'dsm', 1.0)]
+    """
+    joint_path = (*path, "joint")
+    if not cfg.joint:
+        raise ConfigError(
+            f"{dotted(joint_path)}: needs at least one source (in {where(joint_path)}), e.g. "
+            f"joint: {{mfnet: {{card: mfnet, x: thermal}}}}; or null for one dataset"
+        )
+    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in JOINT_ONLY}
+    out = []
+    for name, overrides in cfg.joint.items():
+        src_path = (*joint_path, name)
+        data = dict(overrides)
+        for key in JOINT_ONLY:
+            if key in data:
+                key_path = (*src_path, key)
+                raise ConfigError(
+                    f"'{dotted(key_path)}' may not be set per source (in {where(key_path)}); "
+                    f"set '{dotted((*path, key))}' once for all sources"
+                )
+        ratio_path = (*src_path, "ratio")
+        ratio = convert(float, data.pop("ratio", 1.0), ratio_path, where)
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise ConfigError(
+                f"{dotted(ratio_path)}: must be a number > 0 (the source's share of training "
+                f"batches), got {ratio} (in {where(ratio_path)}); remove the source instead of "
+                "giving it ratio 0"
+            )
+        out.append((name, build(DataConfig, _deep_merge(base, data), src_path, where), ratio))
+    return out
+
+
+def _check_data(cfg: DataConfig, path: KeyPath, where: Callable[[KeyPath], str]) -> None:
+    if cfg.joint is not None:
+        joint_overrides(cfg, path, where)
+
+
+CHECKS: dict[type, Callable[[Any, KeyPath, Callable[[KeyPath], str]], None]] = {
+    DataConfig: _check_data,
+}
+"""Checks across a dataclass's fields, run by :func:`build` once it is filled."""

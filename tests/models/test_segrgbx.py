@@ -160,3 +160,41 @@ def test_bad_options() -> None:
                      backbone="resnet18", kwargs={"head_channels": 8})  # fmt: skip
     with pytest.raises(BlockSplitError, match="extra tokens"):
         build_model(spec)
+
+
+@pytest.fixture(scope="module")
+def maclip_file(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from rsfusion.models.maclip import MACLIP, build_clip, tiny_clip_config
+
+    torch.manual_seed(0)
+    cfg = tiny_clip_config()
+    model = MACLIP(build_clip(cfg), cfg, ["depth", "thermal"], rank=4, alpha=4.0)
+    with torch.no_grad():  # trained LoRAs: B non-zero, so the two modalities differ
+        for name, p in model.named_parameters():
+            if ".lora_b." in name:
+                p.normal_(std=0.5)
+    return model.save(tmp_path_factory.mktemp("maclip") / "maclip.pt")
+
+
+def test_maclip_is_frozen_and_picks_the_lora_per_sample(maclip_file: Any) -> None:
+    model = build(maclip=str(maclip_file))
+    recipe = model.recipe
+    assert recipe.modality_embed is None and recipe.embed_dim == recipe.maclip.embed_dim
+    assert not any(p.requires_grad for p in recipe.maclip.parameters())
+    total, trainable = count_parameters(model)
+    assert total - trainable == count_parameters(recipe.maclip)[0] > 0
+    model.train()
+    assert not recipe.maclip.training  # frozen: stays in eval mode
+    rgb, x = (
+        torch.rand(1, 3, 64, 64).repeat(2, 1, 1, 1),
+        torch.rand(1, 1, 64, 64).repeat(2, 1, 1, 1),
+    )
+    meta = SampleMeta(("nyudepthv2", "mfnet"), ("depth", "thermal"))
+    s_r, s_m = recipe.embeddings(rgb, x, meta)
+    assert not torch.allclose(s_m[0], s_m[1]) and not torch.allclose(s_r[0], s_r[1])
+    model.eval()
+    with torch.no_grad():
+        out = model(rgb, x, meta=meta)
+    assert not torch.allclose(out[0], out[1], atol=1e-6)  # same pixels, other LoRA, other output
+    with pytest.raises(Exception, match="event"):  # no LoRA of that modality in the pool
+        recipe.embeddings(rgb, x, SampleMeta.repeat(2, "deliver", "event"))

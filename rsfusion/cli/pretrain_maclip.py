@@ -43,12 +43,20 @@ from rsfusion.data.captions import (
 from rsfusion.errors import UnknownNameError, UserError
 from rsfusion.models.maclip import MACLIP, load_clip, pool_key
 
+#: ``--clip`` value for a tiny randomly initialised CLIP (seed 0): the demo's stand-in
+RANDOM_TINY = "random-tiny"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsfusion-pretrain-maclip", description=__doc__)
     add = parser.add_argument
     add("--cfg", required=True, help="config name in configs/ or a YAML path")
-    add("--clip", required=True, help="local CLIP weights file, or an open_clip name (needs net)")
+    add(
+        "--clip",
+        required=True,
+        help=f"local CLIP weights file, an open_clip name (needs net), or {RANDOM_TINY} (a "
+        "tiny random CLIP: the demo's stand-in)",
+    )
     add(
         "--clip-model",
         help="open_clip architecture of a --clip file without config (ViT-B-16; OpenAI weights: ViT-B-16-quickgelu)",
@@ -241,7 +249,15 @@ def pretrain(
               f"'{pool_key(src.modality)}', captions {files.get(src.name, 'from labels')}")  # fmt: skip
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(auto if device == "auto" else device)
-    clip_model_, clip_cfg = load_clip(clip, clip_model)
+    if str(clip) == RANDOM_TINY:  # the demo's stand-in: no CLIP weights can be had offline
+        from rsfusion.models.maclip import build_clip, tiny_clip_config
+
+        print(f"--clip {RANDOM_TINY}: a tiny RANDOMLY INITIALISED CLIP (demo only, no knowledge)")
+        torch.manual_seed(0)
+        clip_cfg = tiny_clip_config()
+        clip_model_ = build_clip(clip_cfg).eval()
+    else:
+        clip_model_, clip_cfg = load_clip(clip, clip_model)
     model = MACLIP(clip_model_, clip_cfg, [s.modality for s in sources], rank, alpha).to(dev)
     data = Triples(sources, model.image_size)
     if len(data) < batch_size:

@@ -35,6 +35,7 @@ class AugmentConfig:
     rot90: bool = False
     scale: list[float] | None = None
     color_jitter: float = 0.0
+    gaussian_blur: float = 0.0  # probability of a 3x3 Gaussian blur of the RGB (SegRGB-X)
 
 
 @dataclass

@@ -67,6 +67,7 @@ class PairedAugment(nn.Module):
         color_jitter: float = 0.0,
         ignore_index: int = 255,
         *,
+        gaussian_blur: float = 0.0,
         p_scale: float = 1.0,
         p_color: float = 1.0,
         resample: str = "bilinear",
@@ -84,6 +85,8 @@ class PairedAugment(nn.Module):
             p_scale: Probability of applying the scale step.
             p_color: Probability of applying the colour jitter.
             resample: Interpolation for RGB and X ("bilinear" or "nearest"); masks use nearest.
+            gaussian_blur: Probability of a 3x3 Gaussian blur (sigma 0.1-2) of the RGB image
+                (SegRGB-X's "random Gaussian blur"; CMNeXt's pipeline blurs the RGB only).
 
         Raises:
             ValueError: On probabilities outside [0, 1], a bad scale range or a negative jitter.
@@ -94,6 +97,7 @@ class PairedAugment(nn.Module):
             ("vflip", vflip),
             ("p_scale", p_scale),
             ("p_color", p_color),
+            ("gaussian_blur", gaussian_blur),
         ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} is a probability and must be in [0, 1], got {p}")
@@ -125,6 +129,10 @@ class PairedAugment(nn.Module):
             self.jitter = K.ColorJitter(s, s, s, p=p_color, keepdim=True)
             self.jitter_no_saturation = K.ColorJitter(s, s, 0.0, p=p_color, keepdim=True)
 
+        self.blur: nn.Module | None = None
+        if gaussian_blur > 0:
+            self.blur = K.RandomGaussianBlur((3, 3), (0.1, 2.0), p=gaussian_blur, keepdim=True)
+
     def _photometric(self, image: Tensor) -> Tensor:
         """Colour-jitter an RGB batch in 0-255 units (Kornia works in 0-1 and clamps)."""
         jitter = self.jitter if image.shape[1] in (1, 3) else self.jitter_no_saturation
@@ -143,6 +151,8 @@ class PairedAugment(nn.Module):
         out = dict(batch)
         if self.jitter is not None:
             out["image"] = self._photometric(batch["image"])
+        if self.blur is not None:
+            out["image"] = self.blur(out["image"].float()).to(batch["image"].dtype)
         if self.geometric is None:
             return out
 

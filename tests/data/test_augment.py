@@ -246,3 +246,22 @@ def test_batch_transform_composes_augment_then_normalise() -> None:
     evaluated = build_eval_transform(Normalise((1.0,), (2.0,)))(batch)
     assert torch.equal(evaluated["mask"], batch["mask"])
     assert torch.equal(evaluated["image"], (batch["image"] - 1) / 2)
+
+
+def test_gaussian_blur_touches_the_rgb_only():
+    from rsfusion.data.augment import PairedAugment
+
+    aug = PairedAugment(hflip=0.0, vflip=0.0, rot90=False, gaussian_blur=1.0)
+    batch = {"image": torch.rand(2, 3, 16, 16) * 255, "image_x": torch.rand(2, 1, 16, 16),
+             "mask": torch.randint(0, 6, (2, 16, 16))}  # fmt: skip
+    out = aug(batch)
+    assert not torch.allclose(out["image"], batch["image"])
+    assert torch.equal(out["image_x"], batch["image_x"]) and torch.equal(out["mask"], batch["mask"])
+
+    # a blur smooths: neighbouring pixels differ less
+    def rough(t):
+        return (t[..., 1:] - t[..., :-1]).abs().mean()
+
+    assert rough(out["image"]) < rough(batch["image"])
+    with pytest.raises(ValueError, match="gaussian_blur"):
+        PairedAugment(gaussian_blur=1.5)

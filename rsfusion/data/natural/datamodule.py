@@ -93,6 +93,7 @@ class NaturalDataModule(NonGeoDataModule):
             rot90=aug.rot90,
             scale=tuple(aug.scale) if aug.scale else None,
             color_jitter=aug.color_jitter,
+            gaussian_blur=aug.gaussian_blur,
             ignore_index=source.ignore_index,
         )
         self.train_aug = BatchTransform(augment, normalise)

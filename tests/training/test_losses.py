@@ -168,3 +168,38 @@ def test_rejects_unknown_mode_and_negative_weight() -> None:
         AuxSupervision("easy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="weight"):
         AuxSupervision("hard", weight=-1.0)
+
+
+def test_remap_loss_equals_a_hand_computation():
+    """Eq. 8 on two samples of two datasets: unified CE over all valid pixels plus the CE of
+    each sample's own classes (unified classes its dataset lacks are ignored), pooled."""
+    import math
+
+    from rsfusion.data.labelspace import UnifiedLabelSpace
+    from rsfusion.training.losses import RemapLoss
+
+    space = UnifiedLabelSpace(
+        ["road", "car", "sky", "wall"],
+        {"a": [("road", "road"), ("sky", "sky")], "b": [("wall", "wall"), ("car", "car")]},
+    )
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 1, 3)
+    y = torch.tensor([[[0, 2, 1]], [[3, 1, 255]]])  # sample 0 (a): road, sky, car (not in a)
+
+    def ce(scores, k):
+        return -(scores[k] - math.log(sum(math.exp(v) for v in scores)))
+
+    unified = [ce(logits[b, :, 0, i].tolist(), int(y[b, 0, i])) for b, i in
+               [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]]  # fmt: skip
+    own_a = [0, 2]  # a's classes road, sky as unified ids; b's wall, car
+    own_b = [3, 1]
+    remap = [
+        ce([logits[0, u, 0, 0].item() for u in own_a], 0),  # road -> a's 0
+        ce([logits[0, u, 0, 1].item() for u in own_a], 1),  # sky -> a's 1
+        ce([logits[1, u, 0, 0].item() for u in own_b], 0),  # wall -> b's 0
+        ce([logits[1, u, 0, 1].item() for u in own_b], 1),  # car -> b's 1
+    ]
+    parts = RemapLoss(space)(logits, y, ["a", "b"])
+    assert float(parts["unified"]) == pytest.approx(sum(unified) / 5, rel=1e-5)
+    assert float(parts["remap"]) == pytest.approx(sum(remap) / 4, rel=1e-5)
+    assert float(parts["loss"]) == pytest.approx(sum(unified) / 5 + sum(remap) / 4, rel=1e-5)

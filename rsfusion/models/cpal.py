@@ -76,8 +76,13 @@ class CPAL(Recipe):
         head_dropout: Dropout2d before the classifier (.1).
         faithful: the authors' code as written: MCP all-zero init and scrambled prompt layout,
             ``sigmoid(LoRA(x))`` (default: Kaiming down/mid, zero up; plain LoRA).
+        x_channels: the X input's channels (from the data). The shared stem takes 3: a 1-channel
+            X is repeated; any other width goes through ``x_proj``, a trainable 1x1 conv to 3
+            channels initialised to the channel mean (DDD17's 6-channel Ev-SegNet event tensor;
+            the paper feeds 3-channel "event images derived from raw event data") [inf].
     """
 
+    embed_parts = ("x_proj",)
     stage_parts = {"gpm": "after"}
     block_parts = ("mcp",)
 
@@ -100,8 +105,14 @@ class CPAL(Recipe):
         ham_channels: int = 512,
         head_dropout: float = 0.1,
         faithful: bool = False,
+        x_channels: int = 3,
     ) -> None:
         super().__init__()
+        self.x_proj: nn.Conv2d | None = None
+        if x_channels not in (1, 3):
+            self.x_proj = nn.Conv2d(x_channels, 3, 1)
+            nn.init.constant_(self.x_proj.weight, 1.0 / x_channels)
+            nn.init.zeros_(self.x_proj.bias)
         if not backbone.splits_blocks:
             raise BlockSplitError(
                 f"CPAL's cross prompts need block halves, which backbone {backbone.name} "
@@ -151,6 +162,12 @@ class CPAL(Recipe):
             self.head = UPerNetHead(
                 dims, head_channels, num_classes=num_classes, dropout=head_dropout, act=nn.ReLU
             )
+
+    def embed_x(self, backbone: Backbone, x: Tensor) -> StreamState:
+        """The shared stem; an X of another width than 1 or 3 first through ``x_proj``."""
+        if self.x_proj is not None:
+            x = self.x_proj(x)
+        return super().embed_x(backbone, x)
 
     def in_block(
         self, backbone: Backbone, stage: int, index: int, r: StreamState, x: StreamState

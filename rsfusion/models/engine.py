@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -276,15 +277,20 @@ def build_engine(spec: ModelSpec, recipe: type[Recipe], method: str) -> DualStre
     trainable) and its recipe built from ``model.kwargs`` (minus ``backbone_kwargs``).
 
     X inputs of 1 channel (DSM) or 3 (depth/thermal/... encoded to 3) fit the copied RGB patch
-    embedding; others are refused.
+    embedding; others are refused unless the recipe takes ``x_channels`` (then it is passed the
+    X width and maps it to 3 channels itself, e.g. CPAL's ``x_proj`` for a 6-channel event
+    tensor).
     """
     from rsfusion.models.backbones.factory import build_backbone
 
-    if spec.x_channels not in (1, 3):
+    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
+    projects_x = "x_channels" in inspect.signature(recipe.__init__).parameters
+    if projects_x:  # the recipe maps any X width to the stem's 3 channels (CPAL on events)
+        options["x_channels"] = spec.x_channels
+    elif spec.x_channels not in (1, 3):
         raise ValueError(f"{method} takes a 1- or 3-channel X input, got {spec.x_channels}")
     backbone = build_backbone(spec)
     backbone.set_mode(spec.backbone_mode)  # type: ignore[arg-type]
-    options = {k: v for k, v in spec.kwargs.items() if k != "backbone_kwargs"}
     return DualStreamEngine(
         backbone,
         recipe(backbone, spec.num_classes, **options),

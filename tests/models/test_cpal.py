@@ -75,3 +75,19 @@ def test_table_ix_counts_for_internimage_h_on_the_meta_device():
     assert (mcp[3], sum(mcp)) == (153_984, 624_000)
     assert (gpm[3], sum(gpm)) == (2_626_192, 3_624_560)
     assert lora == 349_440
+
+
+def test_a_six_channel_event_tensor_goes_through_x_proj():
+    """DDD17's Ev-SegNet tensor (6 channels) reaches the shared 3-channel stem through x_proj,
+    which starts as the channel mean and learns; 1- and 3-channel X build none."""
+    model = _cpal(6).train()
+    proj = model.recipe.x_proj
+    assert proj is not None and proj.weight.shape == (3, 6, 1, 1)
+    assert _cpal(1).recipe.x_proj is None and _cpal(3).recipe.x_proj is None
+    x = torch.rand(1, 6, 32, 32)
+    assert torch.allclose(proj(x), x.mean(1, keepdim=True).expand(-1, 3, -1, -1), atol=1e-6)
+    out = model(torch.rand(1, 3, 32, 32), x)
+    out.square().mean().backward()
+    assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+    depths, _ = model.parameter_depths()
+    assert depths["recipe.x_proj.weight"] == 0  # an embedding part for layer-wise decay

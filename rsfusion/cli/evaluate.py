@@ -5,10 +5,15 @@ papers' protocols:
 
 * **remote sensing (ISPRS)**: each full tile predicted by sliding windows (window = the config's
   ``data.window``, 256 in the paper configs; stride 32) with the logits of overlapping windows
-  summed, exactly the prediction path of ``predict.py --blend sum``; scored on the eroded labels:
-  OA over all classes, mF1 / mIoU over all but clutter (METHODS.md section 5).
+  summed, exactly the prediction path of ``predict.py --blend sum``; scored on the eroded
+  (``*_noBoundary*``) labels: OA over all classes, mF1 / mIoU over all but clutter. A tile
+  without eroded labels is refused with the file looked for; ``--labels full`` scores every tile
+  on the full labels, ``--labels eroded-or-full`` falls back per tile, and ``metrics.json``
+  records the labels of every tile.
 * **natural images**: whole images, optionally multi-scale + flip (``--scales 0.5 0.75 1 1.25
-  1.5 1.75 --flip``, KTB's protocol): logits of every view resized back and summed.
+  1.5 1.75 --flip``): logits of every view resized back and summed. KTB checkpoints are scored
+  that way by default on natural images, as KTB reports its results (``--scales 1 --no-flip``
+  for single scale); everything else defaults to single scale, no flip.
 
 Each input mode (both inputs, RGB only, X only: the absent input zeroed after normalisation) gets
 a per-class table, a confusion-matrix figure and a JSON report; the modes are summarised in one
@@ -40,6 +45,13 @@ from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkp
 MODES = {"both": None, "rgb": "x", "x": "rgb"}  # input kept -> input zeroed
 LABELS = {"both": "RGB + X", "rgb": "RGB only (X zeroed)", "x": "X only (RGB zeroed)"}
 TAGS = {"both": "", "rgb": "_rgb_only", "x": "_x_only"}
+LABEL_CHOICES = ("eroded", "full", "eroded-or-full")
+#: The test-time augmentation a method's paper reports, per data kind, used where neither the
+#: command line nor the config says: KTB's multi-scale (0.5-1.75) + flip on natural images (it
+#: publishes no remote-sensing numbers; those keep the ISPRS sliding-window protocol).
+PAPER_TTA: dict[tuple[str, str], tuple[tuple[float, ...], bool]] = {
+    ("ktb", "natural"): ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), True),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, help="sliding window (default: data.window)")
     parser.add_argument("--stride", type=int, default=32, help="sliding-window stride (32)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="TTA scales")
-    parser.add_argument("--flip", action="store_true", help="horizontal-flip TTA")
+    parser.add_argument(
+        "--labels", choices=LABEL_CHOICES, default=None,
+        help="ISPRS labels to score on (default: data.eval_labels, eroded); eroded-or-full uses "
+        "the full labels only for tiles without eroded ones, recorded per tile",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scales", type=float, nargs="+", default=None,
+        help="TTA scales (default: 1, or the method's published protocol: KTB on natural "
+        "images 0.5 0.75 1 1.25 1.5 1.75)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=None,
+        help="horizontal-flip TTA (default: off, or the method's published protocol)",
+    )  # fmt: skip
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
         help="autocast precision (default fp32: the reference numbers)",
@@ -120,17 +144,61 @@ def read_classes(path: Path) -> tuple[np.ndarray, int | None]:
         return src.read(1).astype(np.int64), None if src.nodata is None else int(src.nodata)
 
 
+def tile_labels(
+    tiles: list[Any], wanted: str, card: Any, root: str | Path, split: str
+) -> dict[str, tuple[Any, str]]:
+    """Each tile's label raster and its kind ('eroded' or 'full') for ``--labels wanted``.
+
+    ``eroded`` and ``full`` take exactly that kind for every tile; ``eroded-or-full`` takes the
+    full labels where a tile has no eroded ones. Never falls back silently.
+
+    Raises:
+        MissingFileError: a tile lacks the labels asked for (the message names the files
+            looked for and the fix).
+    """
+    chosen: dict[str, tuple[Any, str]] = {}
+    missing: list[str] = []
+    for tile in tiles:
+        tid = str(tile.tile_id)
+        if wanted == "eroded-or-full" and tile.eroded is None:
+            kind = "full"
+        else:
+            kind = "full" if wanted == "full" else "eroded"
+        raster = tile.eroded if kind == "eroded" else tile.label
+        if raster is None:
+            where = [str(Path(root) / card.format_pattern(p, tid)) for p in
+                     card.label_patterns.get(kind, ())]  # fmt: skip
+            missing.append(f"tile {tid} ({' or '.join(where) or 'no pattern in the card'})")
+            continue
+        chosen[tid] = (raster, kind)
+    if missing:
+        if wanted == "full":
+            fix = "extract the full ground truth there, or score on the eroded labels: --labels eroded"
+        else:
+            fix = (
+                "extract the eroded (noBoundary) ground truth there, or score on the full labels "
+                "and say so: --labels full (every tile) or --labels eroded-or-full (full labels "
+                "only for the tiles without eroded ones; metrics.json records each tile's labels)"
+            )
+        raise MissingFileError(
+            f"{len(missing)} {split} tile(s) have no {wanted} labels: {'; '.join(missing)}. "
+            f"Fix: {fix}"
+        )
+    return chosen
+
+
 def score_tiles(
     runner: Any,
     meta: CheckpointMeta,
     tiles: list[Any],
-    label_kind: str,
+    labels: dict[str, tuple[Any, str]],
     options: Any,
     dest: Path,
     overlays: Path | None,
     max_overlays: int,
 ) -> tuple[Any, dict[str, Any]]:
-    """Predict every tile with ``runner`` into ``dest`` and sum the confusion on its labels."""
+    """Predict every tile with ``runner`` into ``dest`` and sum the confusion on its labels
+    (``labels``: tile id -> (label raster, kind), from :func:`tile_labels`)."""
     import torch
 
     from rsfusion.inference.predict import predict_pair
@@ -140,9 +208,7 @@ def score_tiles(
     total = torch.zeros(k, k, dtype=torch.long)
     per_tile: dict[str, Any] = {}
     for n, tile in enumerate(tiles):
-        label = tile.label_for(label_kind)
-        if label is None:
-            raise MissingFileError(f"tile {tile.tile_id}: no {label_kind} label raster found")
+        label, kind = labels[str(tile.tile_id)]
         stem = tile.rgb.path.stem
         x_source = tile.x.source if tile.x is not None else None
         written = predict_pair(runner, meta, tile.rgb.source, x_source, dest, options, stem=stem)
@@ -154,7 +220,9 @@ def score_tiles(
         total += cm
         s = scores_from_confusion(cm, _metric_classes(meta))
         per_tile[str(tile.tile_id)] = {key: float(s[key]) for key in ("OA", "mF1", "mIoU")} | {
-            "unpredicted_pixels": int((unpredicted & (target != ignore)).sum())
+            "unpredicted_pixels": int((unpredicted & (target != ignore)).sum()),
+            "labels": kind,
+            "label_file": label.path.name,
         }
         if overlays is not None and n < max_overlays:
             image, step = read_preview(tile.rgb.source)
@@ -316,6 +384,32 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def tta_protocol(
+    args: argparse.Namespace, cfg: Any, natural: bool
+) -> tuple[list[float], bool, dict[str, str]]:
+    """Test-time scales and flip, and where each came from: the command line, the config
+    (``data.eval_scales`` / ``data.eval_flip`` where the config schema has them), the method's
+    published protocol (:data:`PAPER_TTA`), or the default (single scale, no flip)."""
+    paper = PAPER_TTA.get((cfg.model.name, "natural" if natural else "remote_sensing"))
+    paper_source = f"{cfg.model.name} paper protocol"
+    scales: list[float] = [1.0]
+    flip = False
+    source = {"scales": "default", "flip": "default"}
+    if args.scales is not None:
+        scales, source["scales"] = list(args.scales), "command line"
+    elif getattr(cfg.data, "eval_scales", None) is not None:
+        scales, source["scales"] = [float(v) for v in cfg.data.eval_scales], "config"
+    elif paper is not None:
+        scales, source["scales"] = list(paper[0]), paper_source
+    if args.flip is not None:
+        flip, source["flip"] = bool(args.flip), "command line"
+    elif getattr(cfg.data, "eval_flip", None) is not None:
+        flip, source["flip"] = bool(cfg.data.eval_flip), "config"
+    elif paper is not None:
+        flip, source["flip"] = paper[1], paper_source
+    return scales, flip, source
+
+
 def score_dataset(
     args: argparse.Namespace,
     cfg: Any,
@@ -343,6 +437,8 @@ def score_dataset(
     card = dm.card
     natural = meta.get("kind") == "natural"
     window = args.window or cfg.data.window
+    scales, flip, tta_source = tta_protocol(args, cfg, natural)
+    labels: dict[str, tuple[Any, str]] = {}
     if natural:
         tiles: list[Any] = []
         protocol: dict[str, Any] = {"split": args.split, "images": "whole"}
@@ -359,10 +455,14 @@ def score_dataset(
             )
         if not 0 < args.stride <= window:
             raise ConfigError(f"--stride {args.stride} must lie in (0, window={window}]")
+        wanted = args.labels or cfg.data.eval_labels
+        labels = tile_labels(tiles, wanted, card, cfg.data.root, args.split)  # before predicting
+        kinds = {kind for _, kind in labels.values()}
         protocol = {
             "split": args.split, "tiles": [t.tile_id for t in tiles],
-            "labels": cfg.data.eval_labels, "window": window, "stride": args.stride,
-            "logits": "summed",
+            "labels": kinds.pop() if len(kinds) == 1 else "mixed", "labels_requested": wanted,
+            "labels_per_tile": {tid: kind for tid, (_, kind) in labels.items()},
+            "window": window, "stride": args.stride, "logits": "summed",
         }  # fmt: skip
     options = PredictOptions(
         window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
@@ -376,8 +476,8 @@ def score_dataset(
     with tempfile.TemporaryDirectory(prefix=".eval-", dir=out) as scratch:
         for mode in modes:
             runner = ModelRunner(
-                model, device=args.device, precision=args.precision, flip=args.flip,
-                scales=args.scales, drop=MODES[mode], pad_multiple=pad,
+                model, device=args.device, precision=args.precision, flip=flip,
+                scales=scales, drop=MODES[mode], pad_multiple=pad,
             )  # fmt: skip
             keep = args.save_predictions and mode == "both"
             overlays = out / "overlays" if mode == "both" and args.overlays > 0 else None
@@ -389,9 +489,8 @@ def score_dataset(
             else:
                 dest = out if keep else Path(scratch) / mode
                 cm, per_item = score_tiles(
-                    runner, meta, tiles, cfg.data.eval_labels, options, dest, overlays,
-                    args.overlays,
-                )  # fmt: skip
+                    runner, meta, tiles, labels, options, dest, overlays, args.overlays
+                )
             scores = scores_from_confusion(cm, metric_classes)
             rows[mode] = scores
             tag = f"{args.split}{TAGS[mode]}"
@@ -404,8 +503,8 @@ def score_dataset(
             }
             print(f"\n{LABELS[mode]}\n{format_class_table(scores, names, metric_classes)}")
     protocol |= {
-        "scales": args.scales, "flip": args.flip, "precision": runner.precision,
-        "metric_classes": metric_classes,
+        "scales": scales, "flip": flip, "tta_source": tta_source,
+        "precision": runner.precision, "metric_classes": metric_classes,
     }  # fmt: skip
     result = {**result, "protocol": protocol}
     tmp = out / ".metrics.json.partial"

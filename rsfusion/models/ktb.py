@@ -1,6 +1,6 @@
-"""KTB, "Keep the Balance" (Cai et al., CVPR 2025) on the dual-stream engine (METHODS.md section 1).
+"""KTB, "Keep the Balance" (Cai et al., CVPR 2025) on the dual-stream engine.
 
-Recipe parts (ARCHITECTURE.md hook table, column KTB):
+Recipe parts (the README's hook table, column KTB):
 
 * ``embed_x``: a trainable copy of the RGB patch embedding (a 1-channel X such as a DSM is
   repeated to the 3 channels it expects, as MoBaNet does);
@@ -46,7 +46,7 @@ from rsfusion.registry import register_model
 
 __all__ = ["KTB", "fit_dscf_options", "paper_stage"]
 
-#: KTB's four paper stages (METHODS.md 1: DSCF strides, groups and heads are given per stage).
+#: KTB's four paper stages (DSCF strides, groups and heads are given per stage).
 PAPER_STAGES = 4
 
 
@@ -74,11 +74,11 @@ def fit_dscf_options(options: dict[str, Any], dim: int, reduction: int) -> dict[
     return {**options, "heads": heads, "groups": groups}
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def _pair(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     if len(size) != 2:
-        raise ValueError(f"image_size must be an int or [height, width], got {size!r}")
+        raise ValueError(f"{name} must be an int or [height, width], got {size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -97,6 +97,9 @@ class KTB(Recipe):
         image_size: training crop (int or [H, W]); sizes each DSCF bias table DAT-style to
             (2h - 1, 2w - 1) for its stage map h x w of the padded crop (at least 2) [inf];
             ``None``: DSCF's default table (any size runs either way: the table is sampled).
+        dscf_bias_table: one bias-table size (int or [T_h, T_w]) for every stage's DSCF,
+            overriding ``image_size``'s; the authors' code gives every stage the table of a
+            60 x 80 map, (119, 159), whatever the crop (the paper configs set it).
         faithful: reproduce the authors' frozen identity LayerNorm at the end of each DSCF
             (default: trained).
         head_dim: fused SegFormer head width (512).
@@ -118,6 +121,7 @@ class KTB(Recipe):
         adapter_scale: float = 0.5,
         dscf_reduction: int = 8,
         image_size: int | Sequence[int] | None = None,
+        dscf_bias_table: int | Sequence[int] | None = None,
         faithful: bool = False,
         head_dim: int = 512,
         aux_head_dim: int = 256,
@@ -150,6 +154,8 @@ class KTB(Recipe):
             if crop is not None:
                 size = tuple(math.ceil(v / pad) * pad // s.reduction for v in crop)
             options = dscf_stage_options(paper_stage(i, n), size)
+            if dscf_bias_table is not None:
+                options["bias_table"] = _pair(dscf_bias_table, "dscf_bias_table")
             if "bias_table" in options:  # a 1x1 map still needs the table's minimum size 2
                 options["bias_table"] = tuple(max(2, t) for t in options["bias_table"])
             self.dscf_options.append(fit_dscf_options(options, s.channels, dscf_reduction))

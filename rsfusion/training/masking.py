@@ -1,21 +1,26 @@
-"""Train-time modality masking: MoBaNet's MCRM rectangles and KTB's MMST whole-modality zeroing.
+"""Train-time modality masking: MoBaNet's MCRM holes and KTB's MMST whole-modality zeroing.
 
 Both methods hide part of one modality of a few samples during training, so the fused head cannot
-lean on a single stream (METHODS.md sections 1 and 3; ARCHITECTURE.md row "train-time masking"):
+lean on a single stream (MoBaNet, arXiv 2026; KTB, Cai et al., CVPR 2025):
 
 - ``mcrm`` (MoBaNet, modality-conditional random masking): ``n = n_masked(fraction, B)`` samples;
-  the first ``ceil(n / 2)`` of them get one rectangle zeroed in RGB, the rest one in X. Each
-  rectangle covers an area fraction drawn uniformly in ``area``, has an aspect ratio (width /
-  height) drawn log-uniformly in ``aspect`` and lies at a uniform position inside the map.
+  the first ``ceil(n / 2)`` of them get ``count`` holes zeroed in RGB, the rest in X. With
+  ``shape="rect"`` (the default, and what MoBaNet's released training code does: one block per
+  sample) each hole is a rectangle covering an area fraction drawn uniformly in ``area``, with an
+  aspect ratio (width / height) drawn log-uniformly in ``aspect``; with ``shape="squares"`` each
+  hole is a square of such an area (the several square holes the paper's overview figure draws).
+  Every hole lies at a uniform position inside the map, independently of the others (holes may
+  overlap, so ``count`` holes cover at most ``count`` times the drawn area).
 - ``mmst`` (KTB, named MMST in the authors' code): ``n`` samples get their whole RGB zeroed and
   ``n`` *other* samples their whole X. The authors zero one sample per modality (batch 4, i.e.
   fraction .25); ``n`` is capped at ``B // 2`` so the two sets are equal and disjoint.
 
 Decisions for small batches: ``n = floor(fraction * B + 0.5)`` (half-up, not Python's banker's
 rounding), at least 1 when ``fraction > 0``. When a single modality can be masked (MCRM with
-``n == 1``, MMST with ``B == 1``) it is chosen by a fair coin from the generator: the authors'
-"RGB first" rule would otherwise never mask X at batch sizes up to 5. No sample ever has both
-modalities masked.
+``n == 1``, MMST with ``B == 1``) it is chosen by a fair coin from the generator. MoBaNet's
+released code instead masks ``floor(fraction * B)`` samples, the first ``n // 2`` in RGB and the
+rest in the DSM: the same split at its batch of 24 (3 + 3), but with fraction .25 it masks
+nothing below batch 4 and only the DSM from 4 to 7. No sample ever has both modalities masked.
 
 Where the zeros go: MoBaNet masks the normalised inputs; KTB masks the token maps after patch
 embedding. These differ: a zero input patch becomes the patch embedding's bias (plus, in Swin, its
@@ -47,19 +52,22 @@ import torch
 from torch import Tensor, nn
 
 MaskingMode = Literal["none", "mcrm", "mmst"]
+MaskingShape = Literal["rect", "squares"]
 _MODES = ("none", "mcrm", "mmst")
+_SHAPES = ("rect", "squares")
 
 
 @dataclass
 class MaskingConfig:
-    """Train-time modality masking (MoBaNet MCRM / KTB MMST; METHODS.md sections 1, 3).
+    """Train-time modality masking (MoBaNet MCRM / KTB MMST).
 
     Args:
-        mode: ``"none"``, ``"mcrm"`` (one rectangle in one modality) or ``"mmst"`` (whole
-            modality).
+        mode: ``"none"``, ``"mcrm"`` (holes in one modality) or ``"mmst"`` (whole modality).
         fraction: share of the batch masked (MCRM: in total; MMST: per modality).
-        area: MCRM rectangle area as a fraction of the map, drawn uniformly in this range.
-        aspect: MCRM rectangle width / height, drawn log-uniformly in this range.
+        area: MCRM area of each hole as a fraction of the map, drawn uniformly in this range.
+        aspect: MCRM rectangle width / height, drawn log-uniformly in this range (``rect``).
+        shape: MCRM hole shape, ``"rect"`` (default) or ``"squares"``.
+        count: MCRM holes per masked sample (default 1), each drawn on its own.
         where: ``"input"`` zeroes the normalised inputs (MoBaNet); ``"tokens"`` zeroes the token
             maps right after patch embedding (KTB's MMST), in models that accept a masking draw
             (the dual-stream engine); others fall back to the inputs.
@@ -70,10 +78,21 @@ class MaskingConfig:
     area: tuple[float, float] = (0.1, 0.3)
     aspect: tuple[float, float] = (0.5, 2.0)
     where: Literal["input", "tokens"] = "input"
+    shape: MaskingShape = "rect"
+    count: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"masking mode must be one of {_MODES}, got {self.mode!r}")
+        if self.shape not in _SHAPES:
+            raise ValueError(f"masking shape must be one of {_SHAPES}, got {self.shape!r}")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"masking count must be an integer >= 1, got {self.count!r}")
+        if self.mode == "mmst" and (self.shape, self.count) != ("rect", 1):
+            raise ValueError(
+                "masking shape and count shape MCRM's holes; mode mmst zeroes whole maps: "
+                "leave them at rect and 1"
+            )
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError(f"masking fraction must lie in [0, 1], got {self.fraction}")
         self.area = _range(self.area, "area")
@@ -104,16 +123,22 @@ class MaskingInfo:
         mode: the masking mode of the draw.
         rgb: (B,) bool, samples whose RGB is masked.
         x: (B,) bool, samples whose X is masked (never together with ``rgb``).
-        boxes: (B, 4) long, ``(top, left, height, width)`` of each masked sample's zeroed
-            rectangle on the drawn grid (the whole grid for MMST); zeros where nothing is masked.
-        size: (height, width) of the grid the boxes refer to.
+        holes: (B, K, 4) long, ``(top, left, height, width)`` of each masked sample's K zeroed
+            holes on the drawn grid (K = 1 and the whole grid for MMST); zeros where nothing
+            is masked.
+        size: (height, width) of the grid the holes refer to.
     """
 
     mode: MaskingMode
     rgb: Tensor
     x: Tensor
-    boxes: Tensor
+    holes: Tensor
     size: tuple[int, int] = (0, 0)
+
+    @property
+    def boxes(self) -> Tensor:
+        """(B, 4): each sample's first hole (its only one with ``count=1``)."""
+        return self.holes[:, 0]
 
     @property
     def masked(self) -> Tensor:
@@ -125,10 +150,11 @@ class MaskingInfo:
         return {"rgb": int(self.rgb.sum()), "x": int(self.x.sum())}
 
     @staticmethod
-    def empty(batch_size: int, mode: MaskingMode = "none") -> MaskingInfo:
-        """A draw that masks nothing."""
+    def empty(batch_size: int, mode: MaskingMode = "none", holes: int = 1) -> MaskingInfo:
+        """A draw that masks nothing (room for ``holes`` holes per sample)."""
         no = torch.zeros(batch_size, dtype=torch.bool)
-        return MaskingInfo(mode, no, no.clone(), torch.zeros(batch_size, 4, dtype=torch.long))
+        boxes = torch.zeros(batch_size, holes, 4, dtype=torch.long)
+        return MaskingInfo(mode, no, no.clone(), boxes)
 
 
 def n_masked(fraction: float, batch_size: int) -> int:
@@ -162,8 +188,13 @@ def _rectangle(area: float, aspect: float, height: int, width: int) -> tuple[int
     return h, w
 
 
+def _square(area: float, height: int, width: int) -> int:
+    """Side of a square with ``area`` (fraction of the map), clipped to the map."""
+    return min(height, width, max(1, round(math.sqrt(area * height * width))))
+
+
 class ModalityMasking(nn.Module):
-    """Train-time modality masking (MoBaNet MCRM / KTB MMST; METHODS.md sections 1, 3).
+    """Train-time modality masking (MoBaNet MCRM / KTB MMST), see :class:`MaskingConfig`.
 
     A parameter-free module: it masks only in training mode (``module.train()``); in eval mode
     and for ``mode="none"`` it returns its inputs unchanged. Without an X input (RGB-only models)
@@ -181,7 +212,8 @@ class ModalityMasking(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return f"mode={c.mode}, fraction={c.fraction}, area={c.area}, aspect={c.aspect}"
+        holes = f", shape={c.shape}, count={c.count}" if c.mode == "mcrm" else ""
+        return f"mode={c.mode}, fraction={c.fraction}, area={c.area}, aspect={c.aspect}{holes}"
 
     def forward(
         self,
@@ -216,7 +248,8 @@ class ModalityMasking(nn.Module):
     ) -> MaskingInfo:
         """Draw which samples and modalities to mask, and where, on a ``height x width`` grid."""
         mode = self.cfg.mode
-        info = MaskingInfo.empty(batch_size, mode)
+        count = self.cfg.count if mode == "mcrm" else 1
+        info = MaskingInfo.empty(batch_size, mode, count)
         info.size = (height, width)
         if mode == "none":
             return info
@@ -236,18 +269,24 @@ class ModalityMasking(nn.Module):
         info.rgb[rgb_ids] = True
         info.x[x_ids] = True
         if mode == "mmst":
-            info.boxes[info.masked] = torch.tensor([0, 0, height, width])
+            info.holes[info.masked] = torch.tensor([0, 0, height, width])
             return info
         lo_a, hi_a = self.cfg.area
         lo_r, hi_r = (math.log(v) for v in self.cfg.aspect)
-        u = _rand(generator, batch_size, 4).double()  # one row per sample: replayable by index
+        # 4 numbers per hole, one row per sample: replayable by index (one rectangle per
+        # sample draws exactly what it drew before shapes and counts existed)
+        u = _rand(generator, batch_size, 4 * count).double()
         for i in rgb_ids + x_ids:
-            area = lo_a + (hi_a - lo_a) * u[i, 0].item()
-            aspect = math.exp(lo_r + (hi_r - lo_r) * u[i, 1].item())
-            h, w = _rectangle(area, aspect, height, width)
-            top = min(height - h, int(u[i, 2].item() * (height - h + 1)))
-            left = min(width - w, int(u[i, 3].item() * (width - w + 1)))
-            info.boxes[i] = torch.tensor([top, left, h, w])
+            for j in range(count):
+                a, r, t, left_u = (u[i, 4 * j + k].item() for k in range(4))
+                area = lo_a + (hi_a - lo_a) * a
+                if self.cfg.shape == "rect":
+                    h, w = _rectangle(area, math.exp(lo_r + (hi_r - lo_r) * r), height, width)
+                else:
+                    h = w = _square(area, height, width)
+                top = min(height - h, int(t * (height - h + 1)))
+                left = min(width - w, int(left_u * (width - w + 1)))
+                info.holes[i, j] = torch.tensor([top, left, h, w])
         return info
 
     @staticmethod
@@ -297,10 +336,11 @@ def _zero(
     elif info.size != (h, w):
         raise ValueError(f"masking draw is for a {info.size} grid, got a {(h, w)} grid")
     else:
-        rows = torch.arange(h).view(1, h, 1)
-        cols = torch.arange(w).view(1, 1, w)
-        top, left, bh, bw = (info.boxes[:, k].view(-1, 1, 1) for k in range(4))
+        rows = torch.arange(h).view(1, 1, h, 1)
+        cols = torch.arange(w).view(1, 1, 1, w)
+        top, left, bh, bw = (info.holes[..., k, None, None] for k in range(4))  # (B, K, 1, 1)
         inside = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+        inside = inside.any(1)  # (B, h, w): inside any of the sample's holes
     mask = (inside & selected.view(-1, 1, 1)).to(t.device)  # (B, h, w)
     mask = mask.view(-1, h * w, 1) if tokens_hw is not None else mask.unsqueeze(1)
     return t.masked_fill(mask, 0)

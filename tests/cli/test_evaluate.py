@@ -193,3 +193,99 @@ def test_natural_images_whole_multiscale_flip(nyudepthv2_root, tmp_path, capsys)
     pred = Image.open(tmp_path / "b" / "predictions" / "1_classes.png")
     assert pred.mode == "P" and pred.size == (56, 40)
     assert (tmp_path / "b" / "overlays" / "1.png").is_file()
+
+
+def _copy_without(root, tmp_path, *names):
+    """A copy of the test dataset without the named files."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    for name in names:
+        (copy / name).unlink()
+    return copy
+
+
+def test_missing_eroded_labels_are_refused_or_scored_as_asked_and_recorded(
+    trained, tmp_path, vaihingen_root, capsys
+):
+    root = _copy_without(vaihingen_root, tmp_path, "top_mosaic_09cm_area4_noBoundary.tif")
+    fast = ["--inputs", "both", "--overlays", "0"]
+    assert _evaluate(trained, tmp_path / "refused", root, *fast) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 1 test tile(s) have no eroded labels: tile 4 (")
+    assert "top_mosaic_09cm_area4_noBoundary.tif" in err and "--labels full" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "refused" / "metrics.json").exists()
+
+    runs = {}
+    for labels in ("eroded-or-full", "full"):
+        out = tmp_path / labels
+        assert _evaluate(trained, out, root, *fast, "--labels", labels) == 0
+        runs[labels] = json.loads((out / "metrics.json").read_text())
+    mixed, full = runs["eroded-or-full"], runs["full"]
+    assert mixed["protocol"]["labels"] == "mixed"
+    assert mixed["protocol"]["labels_per_tile"] == {"2": "eroded", "4": "full"}
+    tiles = mixed["both"]["per_tile"]
+    assert (tiles["2"]["labels"], tiles["2"]["label_file"]) == (
+        "eroded", "top_mosaic_09cm_area2_noBoundary.tif"
+    )  # fmt: skip
+    assert (tiles["4"]["labels"], tiles["4"]["label_file"]) == ("full", "top_mosaic_09cm_area4.tif")
+    assert full["protocol"]["labels"] == "full" and full["protocol"]["labels_requested"] == "full"
+    assert {t["labels"] for t in full["both"]["per_tile"].values()} == {"full"}
+    assert full["both"]["per_tile"]["4"] == tiles["4"]  # tile 4 scored the same way in both
+    # the full labels keep the boundary pixels the eroded ones ignore: more pixels are scored
+    support = {
+        k: sum(c["Support"] for c in r["both"]["per_class"].values()) for k, r in runs.items()
+    }
+    assert support["full"] > support["eroded-or-full"]
+
+
+def test_the_default_protocol_comes_from_command_line_config_or_the_methods_paper():
+    import argparse
+
+    from rsfusion.cli.evaluate import build_parser, tta_protocol
+    from rsfusion.config import load_config
+
+    def protocol(cfg: str, *argv: str, natural: bool = True):
+        args = build_parser().parse_args(["--ckpt", "c", "--cfg", cfg, *argv])
+        return tta_protocol(args, load_config(cfg), natural)
+
+    ms = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    scales, flip, source = protocol("nyu_ktb")
+    assert (scales, flip) == (ms, True) and source == {"scales": "ktb paper protocol",
+                                                       "flip": "ktb paper protocol"}  # fmt: skip
+    assert protocol("nyu_ktb", "--scales", "1", "--no-flip")[:2] == ([1.0], False)
+    assert protocol("nyu_ktb", "--no-flip")[2]["flip"] == "command line"
+    assert protocol("nyudepthv2_baseline")[:2] == ([1.0], False)  # others: single scale
+    assert protocol("vaihingen_ktb", natural=False)[:2] == ([1.0], False)  # ISPRS protocol
+    assert protocol("demo_ktb", natural=False)[:2] == ([1.0], False)  # the demo table's
+    # a config that states its protocol (data.eval_scales / eval_flip, once the schema has them)
+    cfg = load_config("nyu_ktb")
+    data = argparse.Namespace(**{**vars(cfg.data), "eval_scales": [1.0, 1.5], "eval_flip": False})
+    args = build_parser().parse_args(["--ckpt", "c", "--cfg", "nyu_ktb"])
+    stated = tta_protocol(args, argparse.Namespace(data=data, model=cfg.model), True)
+    assert stated == ([1.0, 1.5], False, {"scales": "config", "flip": "config"})
+
+
+def test_a_ktb_checkpoint_is_scored_multiscale_flip_on_natural_images(nyudepthv2_root, tmp_path):
+    tiny = ["model.backbone=swin_tiny_patch4_window7_224", "model.weights=null",
+            "model.kwargs.backbone_kwargs={embed_dim: 16, depths: [1, 1, 2, 1], "
+            "num_heads: [1, 2, 2, 4]}", "model.kwargs.head_dim=16", "model.kwargs.aux_head_dim=8",
+            f"data.root={nyudepthv2_root}", "data.batch_size=2", "data.num_workers=0",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]  # fmt: skip
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main(["--cfg", "nyu_ktb", "--out", str(run), "--set", *tiny,
+                           "trainer.max_steps=1", "trainer.limit_val_batches=1"]) == 0  # fmt: skip
+        args = ["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--cfg", "nyu_ktb",
+                "--inputs", "both", "--overlays", "0", "--set", *tiny]  # fmt: skip
+        assert evaluate_main([*args, "--out", str(tmp_path / "paper")]) == 0
+        assert evaluate_main([*args, "--out", str(tmp_path / "ss"), "--scales", "1",
+                              "--no-flip"]) == 0  # fmt: skip
+    paper = json.loads((tmp_path / "paper" / "metrics.json").read_text())["protocol"]
+    single = json.loads((tmp_path / "ss" / "metrics.json").read_text())["protocol"]
+    assert paper["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and paper["flip"] is True
+    assert paper["tta_source"] == {"scales": "ktb paper protocol", "flip": "ktb paper protocol"}
+    assert single["scales"] == [1.0] and single["flip"] is False
+    assert single["tta_source"] == {"scales": "command line", "flip": "command line"}

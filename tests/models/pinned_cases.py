@@ -46,6 +46,7 @@ CASES: dict[str, Callable[[], ModelSpec]] = {
         "vit_small_patch14_dinov2",
         backbone_kwargs=TINY_VIT,
         cpia="adapter",
+        cpia_scope="stage",  # the reference predates the per-block scope (now the default)
         proj_dim=16,
         head_channels=8,
     ),  # fmt: skip

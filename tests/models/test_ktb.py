@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rsfusion.cli.train import main as train_main
 from rsfusion.config import load_config
 from rsfusion.models import ModelSpec, build_model
-from rsfusion.models.backbones.base import Backbone, StreamState
+from rsfusion.models.backbones.base import Backbone, StageInfo, StreamState
 from rsfusion.models.base import count_parameters
 from rsfusion.models.engine import Recipe
 from rsfusion.models.ktb import KTB, fit_dscf_options, paper_stage
@@ -153,6 +153,18 @@ def test_image_size_sizes_the_bias_tables_and_ratio_is_configurable():
     assert [p.hidden_dim for p in model.recipe.prompts] == [4, 8, 16, 32]
 
 
+def test_one_bias_table_size_for_every_stage_overrides_the_crop():
+    model = _swin(image_size=[64, 96], dscf_bias_table=[119, 159])
+    assert [tuple(d.rpb_table.shape) for d in model.recipe.dscf] == [
+        (2, 119, 159), (4, 119, 159), (8, 119, 159), (16, 119, 159)
+    ]  # fmt: skip
+    assert tuple(_swin(dscf_bias_table=9).recipe.dscf[3].rpb_table.shape) == (16, 9, 9)
+    out = model.eval()(*_inputs(1, 40, 52))
+    assert out.shape == (1, 6, 40, 52)
+    with pytest.raises(ValueError, match="dscf_bias_table"):
+        _swin(dscf_bias_table=[1, 2, 3])
+
+
 def test_paper_stage_alignment_and_dscf_fitting():
     assert [paper_stage(i, 4) for i in range(4)] == [0, 1, 2, 3]
     assert [paper_stage(i, 5) for i in range(5)] == [0, 0, 1, 2, 3]
@@ -202,7 +214,7 @@ def test_backbone_without_block_adapters_is_refused():
 # --- configs and the CLI ------------------------------------------------------------------
 
 ISPRS = ["vaihingen_ktb", "potsdam_ktb"]
-#: METHODS.md section 1: crop, lr, weight decay, epochs per natural dataset.
+#: KTB's crop, lr, weight decay, epochs per natural dataset.
 NATURAL = {
     "nyu_ktb": ([480, 640], 4e-4, 0.01, 400),
     "sun_ktb": ([480, 480], 4e-4, 0.01, 300),
@@ -230,14 +242,16 @@ def test_ktb_configs_hold_the_paper_recipe(name):
     assert m.weights == f"{m.backbone}.ms_in22k"
     assert (kw["head_dim"], kw["aux_head_dim"], kw["faithful"]) == (512, 256, False)
     assert cfg.data.batch_size == 4 and cfg.optim.scheduler == "poly" and cfg.optim.power == 0.9
+    # the authors' DSCF bias tables: a 60 x 80 map's for every stage, whatever the crop
+    assert kw["dscf_bias_table"] == [119, 159] and "image_size" not in kw
     base = name.removesuffix("_l")
     if base in NATURAL:
         crop, lr, wd, epochs = NATURAL[base]
-        assert (kw["image_size"], cfg.optim.lr, cfg.optim.weight_decay) == (crop, lr, wd)
+        assert (cfg.optim.lr, cfg.optim.weight_decay) == (lr, wd)
         card = {"nyu": "nyudepthv2", "sun": "sunrgbd"}.get(base[:3], base.removesuffix("_ktb"))
         assert cfg.trainer["max_epochs"] == epochs and cfg.data.card == card
     else:
-        assert kw["image_size"] == cfg.data.window and cfg.data.x == "dsm"
+        assert cfg.data.x == "dsm"
 
 
 @pytest.mark.parametrize("name", list(NATURAL))
@@ -290,3 +304,107 @@ def test_two_training_steps_with_mmst_and_self_teaching(tmp_path, vaihingen_root
         rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"train/loss_aux_rgb", "train/loss_aux_x", "train/loss_main"} <= logged
+
+
+# --- trainable-parameter counts against the authors' released code --------------------------
+
+
+class SwinWidths(Backbone):
+    """Swin's stage widths and depths without its blocks: enough to build KTB's recipe parts
+    (every one is sized by the widths alone) in milliseconds, for counting."""
+
+    splits_blocks = True
+    stride = 32
+
+    def __init__(self, embed: int, depths: tuple[int, ...] = (2, 2, 18, 2)) -> None:
+        super().__init__()
+        self.name = f"swin-widths-{embed}"
+        self.stages = [
+            StageInfo(embed * 2**i, 4 * 2**i, d) for i, d in enumerate(depths)
+        ]  # fmt: skip
+        self.patch_embed = nn.ModuleList([nn.Conv2d(3, embed, 4, 4), nn.LayerNorm(embed)])
+        self._blocks = [[nn.Identity() for _ in range(d)] for d in depths]
+
+    def embedding(self) -> nn.Module:
+        return self.patch_embed
+
+    def _embed(self, image: Tensor, embedding: nn.Module | None) -> StreamState:
+        b, _, h, w = image.shape
+        return StreamState(
+            image.new_zeros(b, self.stages[0].channels, h // 4, w // 4), (h // 4, w // 4)
+        )
+
+    def blocks(self, stage: int) -> list[nn.Module]:
+        return self._blocks[stage]
+
+    def _block(self, stage: int, index: int, state: StreamState) -> StreamState:
+        return state
+
+    def _next_stage(self, stage: int, state: StreamState) -> StreamState:
+        b, c, h, w = state.data.shape
+        return StreamState(state.data.new_zeros(b, 2 * c, h // 2, w // 2), (h // 2, w // 2))
+
+    def _stage_output(self, stage: int, state: StreamState, stream: str) -> Tensor:
+        return state.data
+
+
+def _authors_trainable(embed: int, classes: int, depths=(2, 2, 18, 2)) -> dict[str, int]:
+    """Trainable parameters of the authors' released KTB (their optimiser trains every name
+    with Adapter, MPG, extra_patch_embed or head), counted from the layer shapes by hand."""
+    widths = [embed * 2**i for i in range(4)]
+    groups, heads = (1, 2, 4, 8), (2, 4, 8, 16)
+    table = 119 * 159  # every stage's DAttention table: q_size (60, 80) by default
+
+    def linear(i: int, o: int) -> int:
+        return i * o + o
+
+    def mapa_prompt(c: int) -> int:
+        h = c // 8
+        return 2 * linear(c, h) + linear(2 * h, h) + linear(h, c) + 4 * c
+
+    def adapter(c: int) -> int:
+        return linear(c, c // 16) + linear(c // 16, c)
+
+    def dscf(c: int, g: int, n: int) -> int:
+        d, gc = c // 8, c // 8 // g
+        offsets = 2 * (gc * 81 + gc + 2 * gc + 2 * gc)  # depthwise k9, LayerNorm, 1x1 -> 2
+        fuse_q = 2 * d * d * 9 + d + 2 * d  # 3x3 conv (with bias) + BatchNorm
+        return (2 * linear(c, d) + linear(d, c) + offsets + fuse_q + linear(d, d)
+                + linear(d, d) + linear(d, 2) + 3 * linear(d, d) + 2 * d + n * table)  # fmt: skip
+
+    def segformer(e: int) -> int:
+        return sum(linear(c, e) for c in widths) + 4 * e * e + 2 * e + linear(e, classes)
+
+    return {
+        "x_embed": 3 * 16 * embed + embed + 2 * embed,
+        "prompts": sum(mapa_prompt(c) for c in widths),
+        "adapters": sum(2 * d * adapter(c) for c, d in zip(widths, depths)),
+        "dscf": sum(dscf(c, g, n) for c, g, n in zip(widths, groups, heads)),
+        "heads": segformer(512) + 2 * segformer(256),
+    }
+
+
+@pytest.mark.parametrize(("name", "embed"), [("nyu_ktb", 128), ("nyu_ktb_l", 192)])
+def test_paper_configs_count_what_the_authors_code_trains(name, embed):
+    """Swin-B: 7.55M, the published 'about 7.5M'; Swin-L: 12.73M, not the 16.1M quoted by a
+    third party (the authors' code changes only the backbone for L). The only differences by
+    module: DSCF's 3x3 conv has no bias here (BatchNorm follows it), and DSCF's final LayerNorm
+    trains unless ``faithful``."""
+    kw = load_config(name).model.kwargs
+    recipe = KTB(SwinWidths(embed), 40, **{k: v for k, v in kw.items() if k != "backbone_kwargs"})
+    got = {part: sum(p.numel() for p in getattr(recipe, part).parameters()) for part in
+           ("x_embed", "prompts", "adapters", "dscf")}  # fmt: skip
+    got["heads"] = sum(
+        p.numel()
+        for part in ("head", "head_rgb", "head_x")
+        for p in getattr(recipe, part).parameters()
+    )
+    want = _authors_trainable(embed, 40)
+    conv_bias = sum(embed * 2**i // 8 for i in range(4))
+    layernorms = sum(2 * embed * 2**i for i in range(4))
+    assert {k: v for k, v in got.items() if k != "dscf"} == {
+        k: v for k, v in want.items() if k != "dscf"
+    }
+    assert got["dscf"] == want["dscf"] - conv_bias + layernorms
+    assert sum(got.values()) == {128: 7_549_486, 192: 12_730_398}[embed]
+    assert round(sum(want.values()) / 1e6, 2) == {128: 7.55, 192: 12.72}[embed]

@@ -205,6 +205,61 @@ def test_keeps_dtype_and_device() -> None:
         )
 
 
+def test_the_default_draw_is_the_one_from_before_shapes_and_counts() -> None:
+    """One rectangle per sample (the default) draws what it drew before ``shape`` and
+    ``count`` existed, so configs that do not set them train to the same weights."""
+    masking = ModalityMasking(MaskingConfig(mode="mcrm", fraction=0.5))
+    assert (masking.cfg.shape, masking.cfg.count) == ("rect", 1)
+    info = masking.draw(8, 48, 64, torch.Generator().manual_seed(11))
+    assert info.boxes.tolist() == [
+        [0, 0, 0, 0], [7, 31, 33, 24], [12, 36, 33, 19], [19, 25, 22, 35],
+        [0, 0, 0, 0], [13, 38, 28, 21], [0, 0, 0, 0], [0, 0, 0, 0],
+    ]  # fmt: skip
+    assert info.rgb.tolist() == [False, True, False, True, False, False, False, False]
+    assert info.x.tolist() == [False, False, True, False, False, True, False, False]
+    assert info.holes.shape == (8, 1, 4)
+
+
+@pytest.mark.parametrize(("shape", "count"), [("squares", 6), ("rect", 3), ("squares", 1)])
+def test_several_holes_per_masked_image(shape: str, count: int) -> None:
+    area = (0.01, 0.03) if shape == "squares" else (0.05, 0.1)
+    for seed in range(3):
+        rgb, x, r, s, info = _run("mcrm", 8, seed, fraction=0.5, shape=shape, count=count,
+                                  area=area)  # fmt: skip
+        assert info.holes.shape == (8, count, 4)
+        for i in range(8):
+            if not info.masked[i]:
+                assert torch.equal(r[i], rgb[i]) and torch.equal(s[i], x[i])
+                assert not info.holes[i].any()
+                continue
+            before, after = (rgb[i], r[i]) if info.rgb[i] else (x[i], s[i])
+            zero = _zeroed(before, after)  # nothing but the holes changed
+            union = torch.zeros(H, W, dtype=torch.bool)
+            for top, left, h, w in info.holes[i].tolist():
+                assert top >= 0 and top + h <= H and left >= 0 and left + w <= W
+                if shape == "squares":
+                    assert h == w
+                    side = (area[0] * H * W) ** 0.5 - 0.5, (area[1] * H * W) ** 0.5 + 0.5
+                    assert side[0] <= h <= side[1]
+                union[top : top + h, left : left + w] = True
+            assert torch.equal(zero, union)  # exactly the union of the sample's holes
+
+
+def test_squares_spread_over_the_map_and_replay_on_tokens() -> None:
+    cfg = MaskingConfig(mode="mcrm", fraction=1.0, shape="squares", count=8, area=(0.02, 0.02))
+    masking = ModalityMasking(cfg)
+    info = masking.draw(16, 40, 40, torch.Generator().manual_seed(0))
+    tops, lefts = info.holes[..., 0], info.holes[..., 1]
+    assert tops.min() < 5 and tops.max() > 25 and lefts.min() < 5 and lefts.max() > 25
+    assert (info.holes[..., 2] == 6).all()  # sqrt(.02 * 1600) = 5.7 -> 6
+    tokens = torch.ones(16, 1600, 3)
+    rt, xt = masking.apply(tokens, tokens, info, tokens_hw=(40, 40))
+    grid_r, grid_x = masking.apply(torch.ones(16, 3, 40, 40), torch.ones(16, 3, 40, 40), info)
+    assert torch.equal(rt.transpose(1, 2).reshape(16, 3, 40, 40), grid_r)
+    assert torch.equal(xt.transpose(1, 2).reshape(16, 3, 40, 40), grid_x)
+    assert "shape=squares, count=8" in repr(masking)
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -213,6 +268,11 @@ def test_keeps_dtype_and_device() -> None:
         {"area": (0.3, 0.1)},
         {"area": (0.1, 1.2)},
         {"aspect": (0, 2)},
+        {"shape": "circles"},
+        {"count": 0},
+        {"count": 2.5},
+        {"mode": "mmst", "shape": "squares"},
+        {"mode": "mmst", "count": 4},
     ],
 )
 def test_config_rejects_bad_values(kw: dict) -> None:

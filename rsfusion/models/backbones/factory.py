@@ -52,6 +52,10 @@ def build_backbone(spec: ModelSpec) -> Backbone:
         from rsfusion.models.backbones.internimage import InternImageBackbone
 
         backbone = InternImageBackbone(spec.backbone, **kwargs)
+    elif spec.backbone.startswith("samvit_"):  # SAM's image encoder loads its own weights
+        from rsfusion.models.backbones.sam import build_sam_backbone
+
+        return build_sam_backbone(spec, kwargs)
     else:
         from rsfusion.models.backbones.cnn import TimmCNNBackbone
 

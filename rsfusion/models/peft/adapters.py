@@ -1,9 +1,10 @@
 """Bottleneck adapters: KTB's MAPA adaptation and MoBaNet's prompt-injected adapter.
 
-METHODS.md section 1 (KTB, Cai et al., CVPR 2025): a modality-specific bottleneck adapter in
-every frozen block, 0.5 x its output added after the FFN residual. Section 3 (MoBaNet, arXiv
-2026, SAM path of CPIA): the same adapter with the shared cross-modal prompt projected into the
-bottleneck before the nonlinearity.
+KTB (Cai et al., CVPR 2025): a modality-specific bottleneck adapter in every frozen block that
+reads the tokens after the attention residual; 0.5 x its output is added after the FFN
+residual. MoBaNet (arXiv 2026, the SAM path of CPIA): the same adapter on each block's output,
+with the block's per-modality cross-modal prompt projected into the bottleneck before the
+nonlinearity.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 
 class BottleneckAdapter(nn.Module):
-    """Bottleneck adapter: KTB MAPA adaptation, MoBaNet CPIA prompt-injected adapter (METHODS 1/3).
+    """Bottleneck adapter: KTB's MAPA adaptation, MoBaNet's CPIA prompt-injected adapter.
 
     ``out = scale * Up(Dropout(ReLU(Down(t) [+ Prompt(u)])))``, with ``Up`` zero-initialised so
     the adapter contributes exactly 0 at initialisation and the frozen backbone is unchanged.

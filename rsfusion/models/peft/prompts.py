@@ -1,4 +1,4 @@
-"""Cross-modal prompting shared by MoBaNet's CPIA and KTB's MAPA (METHODS.md sections 1 and 3).
+"""Cross-modal prompting shared by MoBaNet's CPIA and KTB's MAPA.
 
 Both methods, before each backbone stage, mix the RGB and X tokens into one shared prompt ``u``
 (no nonlinearity anywhere) and add it to each stream together with a per-modality channel-wise
@@ -15,7 +15,7 @@ from rsfusion.models.backbones.base import StreamState, as_tokens, tokens_like
 
 
 class CrossModalPrompt(nn.Module):
-    """Shared cross-modal prompt, MoBaNet CPIA (Fig. 1) / KTB MAPA prompting (METHODS.md 1, 3).
+    """Shared cross-modal prompt: MoBaNet's CPIA (overview figure) and KTB's MAPA prompting.
 
     For tokens ``r`` and ``x`` of shape (B, N, C), with hidden size ``h = round(ratio * C)``::
 
@@ -23,8 +23,8 @@ class CrossModalPrompt(nn.Module):
         p_m = u * gamma_m + beta_m                  (gamma_m ~ N(1, .02), beta_m ~ N(0, .02))
         r'  = r + u + p_r,  x' = x + u + p_x
 
-    ``u`` is also what MoBaNet's prompt-injected adapter (the SAM path) receives: get it with
-    :meth:`prompt`, or with ``forward(..., return_prompt=True)``.
+    MoBaNet's SAM path injects the per-modality prompts ``u + p_m`` into its bottleneck adapters
+    instead (:meth:`stream_prompts`); :meth:`prompt` gives ``u`` alone.
 
     Args:
         dim: token channels C.
@@ -59,6 +59,15 @@ class CrossModalPrompt(nn.Module):
         """The shared prompt ``u`` (B, N, C) generated from both modalities' tokens."""
         both = torch.cat([self.down_rgb(r), self.down_x(x)], dim=-1)
         return self.up(self.mix(both))
+
+    def stream_prompts(self, r: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-modality prompts ``(u + p_rgb, u + p_x)`` generated from both modalities'
+        tokens, as MoBaNet's SAM path feeds its prompt-injected adapters (the released code)."""
+        u = self.prompt(r, x)
+        return (
+            torch.addcmul(self.beta_rgb, u, 1 + self.gamma_rgb),
+            torch.addcmul(self.beta_x, u, 1 + self.gamma_x),
+        )
 
     def inject(self, r: Tensor, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """Add a given prompt ``u`` and its per-modality channel prompts to both streams."""

@@ -1,4 +1,4 @@
-"""CrossModalPrompt: MoBaNet CPIA / KTB MAPA prompting (METHODS.md sections 1 and 3)."""
+"""CrossModalPrompt: MoBaNet CPIA / KTB MAPA prompting, and the SAM path's per-modality prompts."""
 
 import pytest
 import torch
@@ -69,3 +69,20 @@ def test_gradient_reaches_every_parameter_and_shapes_are_checked():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     with pytest.raises(ValueError, match="one shape"):
         module(torch.randn(2, 4, 16), torch.randn(2, 5, 16))
+
+
+def test_stream_prompts_are_u_plus_each_modalitys_channel_prompt():
+    """MoBaNet's SAM path feeds adapter m with u + (u * gamma_m + beta_m): what ``inject`` adds
+    to the tokens, without the tokens."""
+    torch.manual_seed(0)
+    module = CrossModalPrompt(32, ratio=1 / 4)
+    r, x = torch.randn(2, 2, 7, 32).unbind(0)
+    p_rgb, p_x = module.stream_prompts(r, x)
+    u = module.prompt(r, x)
+    torch.testing.assert_close(p_rgb, u + u * module.gamma_rgb + module.beta_rgb)
+    torch.testing.assert_close(p_x, u + u * module.gamma_x + module.beta_x)
+    r2, x2 = module.inject(r, x, u)
+    torch.testing.assert_close(r2 - r, p_rgb, rtol=1e-5, atol=1e-5)
+    (p_rgb.sum() + p_x.sum()).backward()
+    for p in (module.gamma_rgb, module.beta_rgb, module.gamma_x, module.beta_x):
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0

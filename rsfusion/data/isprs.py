@@ -21,6 +21,7 @@ from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
 from rsfusion.catalog import DatasetCard, load_card
+from rsfusion.data.archives import where_from
 from rsfusion.data.checks import check_label_colours
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
@@ -75,7 +76,7 @@ class OrthophotoRaster(_RasterList):
 class ElevationRaster(_RasterList):
     """DSM / nDSM tiles, each normalised by its own statistics; sample key ``image_x``.
 
-    Nodata and NaN pixels become 0 after normalisation (they never reach the model as NaN).
+    Nodata, NaN and +-inf pixels become 0 after normalisation (never reach the model as such).
     """
 
     is_image = True
@@ -113,9 +114,11 @@ class ElevationRaster(_RasterList):
             )
             offset, scale = self.x_norm.affine(fp)
             arr = (arr - offset) / scale
-            out = arr if out is None else np.where(np.isnan(out), arr, out)
+            out = arr if out is None else np.where(np.isfinite(out), out, arr)
         assert out is not None
-        return torch.from_numpy(np.nan_to_num(out, nan=0.0).astype(np.float32))
+        return torch.from_numpy(
+            np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        )
 
     def __getitem__(self, query: GeoSlice) -> Sample:
         sample = super().__getitem__(query)
@@ -204,10 +207,12 @@ class ISPRSDataset(IntersectionDataset):
         found, missing = find_tiles(self.card, root, wanted, rgb=rgb, x=x, align_x=align_x)
         if not found:
             first = self.card.format_pattern(self.card.modality(rgb).patterns[0], wanted[0])
+            hint = where_from(self.card, Path(root), rgb) or (
+                " Point data.root at the folder the official archives were extracted into."
+            )
             raise TileError(
                 f"no tile of {self.card.name} split '{split}' ({len(wanted)} tiles) under {root}: "
-                f"e.g. {Path(root) / first} does not exist. Point data.root at the folder the "
-                "official archives were extracted into."
+                f"e.g. {Path(root) / first} does not exist.{hint}"
             )
         if missing:
             warnings.warn(

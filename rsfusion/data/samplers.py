@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.utils.data import Sampler
 from torchgeo.datasets.utils import GeoSlice
@@ -20,6 +21,7 @@ from torchgeo.samplers.utils import get_random_bounding_box
 
 from rsfusion.data.tiles import Tile
 from rsfusion.data.windows import plan_windows
+from rsfusion.errors import TileError
 
 
 class TileGridSampler(Sampler[GeoSlice]):
@@ -63,8 +65,40 @@ class TileGridSampler(Sampler[GeoSlice]):
         return len(self.windows)
 
 
+def _too_small(dataset: Any, size: int | tuple[int, int], res: Any, index: Any) -> str:
+    """The error for training tiles smaller than the window (torchgeo's RandomGeoSampler
+    drops them silently, and fails in ``torch.multinomial`` when none is left)."""
+    win_h, win_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    small = [
+        f"{t.tile_id} ({t.rgb.grid.width}x{t.rgb.grid.height} px)"
+        for t in getattr(dataset, "tiles", [])
+        if t.rgb.grid.width < win_w or t.rgb.grid.height < win_h
+    ]
+    if not small:  # a footprint shrunk by the X raster's or labels' extent
+        rx, ry = res
+        for geom in index.geometry:
+            xmin, ymin, xmax, ymax = geom.bounds
+            w, h = round((xmax - xmin) / rx), round((ymax - ymin) / ry)  # px
+            if w < win_w or h < win_h:
+                small.append(f"an area of {w}x{h} px at x={xmin:.3f}, y={ymax:.3f}")
+    smallest = min(
+        (min(t.rgb.grid.width, t.rgb.grid.height) for t in getattr(dataset, "tiles", [])),
+        default=None,
+    )
+    fix = f"set data.window to at most {smallest}, or " if smallest else ""
+    return (
+        f"training tile(s) {', '.join(small)} smaller than the training window of {win_w}x{win_h} "
+        f"px (data.window); windows must lie inside a tile: {fix}leave those tiles out "
+        "(data.train_tiles)"
+    )
+
+
 class SeededRandomGeoSampler(RandomGeoSampler):
     """torchgeo's RandomGeoSampler with every draw from its own generator.
+
+    A training tile smaller than the window is refused with a :class:`TileError` naming it,
+    its size and the window (torchgeo would leave it out silently, or fail deep inside
+    ``torch.multinomial`` when no tile is left).
 
     torchgeo 0.8.1 picks the tile with ``torch.multinomial`` on the global RNG and only the
     window inside it from ``generator``; here both come from ``generator``, so one seed gives
@@ -77,15 +111,36 @@ class SeededRandomGeoSampler(RandomGeoSampler):
 
     def __init__(
         self,
+        dataset: Any,
+        size: int | tuple[int, int],
         *args: Any,
         seed: int | None = None,
         epoch_fn: Callable[[], int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(dataset, size, *args, **kwargs)
+        if len(self.bounds) < len(self.index):
+            self._keep_exact_fits(dataset, size)
         self.seed = seed
         self.epoch = 0
         self.epoch_fn = epoch_fn
+
+    def _keep_exact_fits(self, dataset: Any, size: int | tuple[int, int]) -> None:
+        """Refuse footprints smaller than the window; keep those torchgeo dropped only because
+        their size equals the window's up to float rounding."""
+        win_h, win_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        rx, ry = self.res
+        kept = {b for b in self.bounds}
+        for hit in range(len(self.index)):
+            xmin, ymin, xmax, ymax = self.index.geometry.iloc[hit].bounds
+            if round((xmax - xmin) / rx) < win_w or round((ymax - ymin) / ry) < win_h:
+                raise TileError(_too_small(dataset, size, self.res, self.index))
+            if (xmin, ymin, xmax, ymax) in kept:
+                continue
+            interval = self.index.index[hit]
+            self.bounds.append((xmin, ymin, xmax, ymax))
+            self.intervals.append(pd.Interval(interval.left, interval.right))
+            self.areas = torch.cat([self.areas, torch.tensor([(xmax - xmin) * (ymax - ymin)])])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the window stream of ``epoch`` (when a seed was given)."""

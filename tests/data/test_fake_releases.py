@@ -61,7 +61,7 @@ SPECS: dict[str, dict[str, tuple[str, str, int]]] = {
     "zju_rgbp": {
         "*/0/*_image0_0.png": ("png", "uint8", 3),
         "*/aolp2/*_aolp.png": ("png", "uint8", 3),
-        "*/label/*_image0.png": ("png", "uint8", 3),
+        "*/label/*_image0.png": ("png", "uint8", 1),  # palette ("P") PNGs
     },
     "urbanlf": {
         "UrbanLF_*/*/Image*/[1-9]_[1-9].png": ("png", "uint8", 3),
@@ -203,8 +203,9 @@ def _check_mcubes(root: Path) -> None:
             assert _read(root / folder / f"{name}.png").shape[:2] == gt.shape
 
 
-ZJU_COLOURS = [(0, 0, 0), (0, 0, 128), (0, 128, 0), (0, 128, 128), (128, 0, 0), (128, 0, 128)]
-ZJU_COLOURS += [(128, 128, 0), (128, 128, 128), (0, 0, 64)]
+# Road-Former's colours (RGB) of file ids 0..8: the PASCAL VOC colour map
+ZJU_COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128)]
+ZJU_COLOURS += [(0, 128, 128), (128, 128, 128), (64, 0, 0)]
 
 
 def _check_zju_rgbp(root: Path) -> None:
@@ -214,8 +215,11 @@ def _check_zju_rgbp(root: Path) -> None:
         assert stems == _names(root / split / "aolp2", "_aolp.png")
         assert stems == _names(root / split / "label", "_image0.png")
         for stem in stems:
-            label = _read(root / split / "label" / f"{stem}_image0.png")
-            assert {tuple(c) for c in label.reshape(-1, 3).tolist()} <= set(ZJU_COLOURS)
+            with Image.open(root / split / "label" / f"{stem}_image0.png") as im:
+                assert im.mode == "P"
+                ids, rgb = np.asarray(im), np.asarray(im.convert("RGB"))
+            assert ids.max() <= 8
+            assert np.array_equal(rgb, np.array(ZJU_COLOURS, np.uint8)[ids])
 
 
 URBANLF_COLOURS = [(168, 198, 168), (198, 0, 0), (202, 154, 198), (0, 0, 0), (100, 198, 198)]

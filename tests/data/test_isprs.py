@@ -2,6 +2,7 @@
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from rsfusion.catalog import load_card
 from rsfusion.data.isprs import ISPRSDataset, Potsdam, Vaihingen
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
+from rsfusion.data.writers import write_geotiff
 from rsfusion.errors import TileError
 
 
@@ -140,3 +142,92 @@ def test_potsdam_band_choice_and_ndsm_jpeg(potsdam_root):
     with rasterio.open(tile.x.path) as src:
         jpeg = src.read(1, window=rasterio.windows.Window(0, 0, 16, 16))
     np.testing.assert_allclose(ndsm[q]["image_x"][0].numpy(), jpeg / 255.0, rtol=1e-6)
+
+
+def test_potsdam_labels_at_the_top_level_as_the_archives_unpack(potsdam_root):
+    ds = _quiet_potsdam(potsdam_root, split="train", x="dsm")
+    assert [t.label.path.name for t in ds.tiles] == [
+        "top_potsdam_2_10_label.tif", "top_potsdam_2_11_label.tif"
+    ]  # fmt: skip
+    assert all(t.label.path.parent == potsdam_root for t in ds.tiles)
+    assert ds.tiles[0].eroded.path == potsdam_root / "top_potsdam_2_10_label_noBoundary.tif"
+
+
+def test_potsdam_participants_folders_and_no_boundary_only(potsdam_root, tmp_path):
+    root = tmp_path / "Potsdam"
+    top_level_labels = lambda d, names: [n for n in names if n.endswith(".py") or (  # noqa: E731
+        Path(d) == potsdam_root and n.startswith("top_"))]  # fmt: skip
+    shutil.copytree(potsdam_root, root, ignore=top_level_labels)
+    full, eroded = (
+        root / "5_Labels_for_participants",
+        root / "5_Labels_for_participants_no_Boundary",
+    )
+    full.mkdir()
+    eroded.mkdir()
+    for tid in ("2_10", "2_11"):
+        shutil.copy(potsdam_root / f"top_potsdam_{tid}_label.tif", full)
+        shutil.copy(potsdam_root / f"top_potsdam_{tid}_label_noBoundary.tif", eroded)
+    ds = _quiet_potsdam(root, split="train", x="dsm", labels="eroded")
+    assert [t.eroded.path.parent for t in ds.tiles] == [eroded, eroded]
+    assert [t.label.path.parent for t in ds.tiles] == [full, full]
+    for path in full.iterdir():  # 5_Labels_all_noBoundary.zip alone: eroded labels only
+        path.unlink()
+    shutil.copy(potsdam_root / "top_potsdam_2_10_label_noBoundary.tif", root)
+    (eroded / "top_potsdam_2_10_label_noBoundary.tif").unlink()
+    ds = _quiet_potsdam(root, tiles=["2_10"], x="dsm")  # asks for full, falls back to eroded
+    assert ds.tiles[0].label is None and ds.tiles[0].label_for("full") == ds.tiles[0].eroded
+
+
+def test_potsdam_narrow_ndsm_of_3_13_is_read_on_the_orthophoto_grid(potsdam_root):
+    with pytest.warns(UserWarning, match=r"tile 3_13: ndsm .*is 39x32 px, its orthophoto 40x32"):
+        ds = Potsdam(potsdam_root, tiles=["3_13"], x="ndsm", x_norm=XNorm("scale", scale=255.0))
+    path = potsdam_root / "1_DSM_normalisation/dsm_potsdam_03_13_normalized_lastools.jpg"
+    with rasterio.open(path) as src:
+        jpeg = src.read(1)
+    assert jpeg.shape == (32, 39)
+    q = _window_query(ds, "3_13", 0, 24, 16)  # the right edge: columns 24..39
+    x = ds[q]["image_x"][0].numpy()
+    np.testing.assert_allclose(x[:, :15], jpeg[:16, 24:] / 255.0, rtol=1e-6)
+    assert (x[:, 15] == 0).all()  # the missing column: unknown, 0 after normalisation
+    assert ds[q]["mask"].shape == (16, 16)
+
+
+def test_potsdam_far_off_ndsm_is_still_refused(potsdam_root, tmp_path):
+    root = tmp_path / "Potsdam"
+    shutil.copytree(potsdam_root, root, ignore=shutil.ignore_patterns("*.py"))
+    path = root / "1_DSM_normalisation/dsm_potsdam_03_13_normalized_lastools.jpg"
+    with rasterio.open(path) as src:
+        data = src.read()[:, :, :30]
+    path.unlink()
+    write_geotiff(path, data, None, None, driver="JPEG")
+    with pytest.raises(TileError, match=r"has no georeference and is 30x32 px"):
+        _quiet_potsdam(root, tiles=["3_13"], x="ndsm")
+
+
+def test_potsdam_ownapproach_ndsm_where_lastools_is_absent(potsdam_root):
+    with pytest.warns(UserWarning, match=r"ndsm read from another product .*2_11.*ownapproach"):
+        ds = Potsdam(potsdam_root, tiles=["2_10", "2_11"], x="ndsm")
+    assert ds.tiles[1].x.path.name == "dsm_potsdam_02_11_normalized_ownapproach.jpg"
+    assert ds.tiles[0].x.path.name.endswith("_lastools.jpg")
+
+
+def test_a_georeferenced_dsm_one_column_short_is_accepted(potsdam_root, tmp_path):
+    root = tmp_path / "Potsdam"
+    shutil.copytree(potsdam_root, root, ignore=shutil.ignore_patterns("*.py"))
+    path = root / "1_DSM/dsm_potsdam_02_10.tif"
+    with rasterio.open(path) as src:
+        data, crs, transform = src.read()[:, :, :-1], src.crs, src.transform
+    path.unlink()
+    write_geotiff(path, data, crs, transform)
+    with pytest.warns(UserWarning, match=r"tile 2_10: dsm .*is 39x32 px"):
+        ds = Potsdam(root, tiles=["2_10"], x="dsm", x_norm=XNorm("scale", scale=1.0))
+    q = _window_query(ds, "2_10", 0, 24, 16)
+    x = ds[q]["image_x"][0].numpy()
+    np.testing.assert_allclose(x[:, :15], data[0, :16, 24:], rtol=1e-6)
+    assert (x[:, 15] == 0).all()
+
+
+def _quiet_potsdam(root, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Potsdam(root, **kwargs)

@@ -11,6 +11,12 @@ setting ``card_name`` (it registers itself) and overriding :meth:`list_samples`,
 
 Images of varying size (SUN-RGBD, UrbanLF) get ``transforms.SampleResizeCrop`` per sample on the CPU;
 ``transforms.pad_collate`` pads what still differs (mask: ignore) so any batch stacks.
+
+Copies of a release differ: a modality file stored with another channel count is read as the
+card's ``channel_variants`` say (DFormer's RGBA depth PNGs: one grey channel), colour-coded
+labels are decoded from the file's colours whatever its mode (palette PNGs included), and
+release archives the card lists lying in the root are unpacked there on first use
+(:mod:`rsfusion.data.archives`); a missing file's error names the archive it comes in.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import numpy as np
 import torch
 from torchgeo.datasets import NonGeoDataset
 
-from rsfusion.catalog import DatasetCard, LabelSpec, load_card
+from rsfusion.catalog import DatasetCard, LabelSpec, Modality, load_card
+from rsfusion.data.archives import unpack_needed, where_from
 from rsfusion.data.labels import PaletteDecoder
+from rsfusion.data.natural.card import GREY
 from rsfusion.data.natural.encodings import apply_ops
-from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file
+from rsfusion.data.natural.readers import SampleFileError, SampleFormatError, read_file, to_grey
 from rsfusion.data.natural.transforms import Sample
 from rsfusion.data.normalise import XNorm
 from rsfusion.errors import UnknownNameError
@@ -98,8 +106,9 @@ def list_samples(
         if source.kind == "file":
             path = root / str(source.value).format(**fields)
             if not path.is_file():
+                hint = where_from(card, root, "splits") or " Check data.root."
                 raise SampleFileError(
-                    f"missing split file {path} ({card.name} '{part}' samples); check data.root"
+                    f"missing split file {path} ({card.name} '{part}' samples).{hint}"
                 )
             lines = [ln.split() for ln in path.read_text().splitlines()]
             ids = [_id_of(t[0], source.id_from) for t in lines if t and not t[0].startswith("#")]
@@ -146,6 +155,27 @@ def decode_index_labels(
             "is this the label set the card describes?"
         )
     return mapped[inverse].reshape(stored.shape)
+
+
+def fit_channels(stored: np.ndarray, mod: Modality, path: Path) -> np.ndarray:
+    """A stored ``(C, H, W)`` array with the card's channels of ``mod``: as stored, or read
+    through the modality's ``channel_variants`` (e.g. one grey channel of an RGBA depth PNG).
+
+    Raises:
+        SampleFormatError: a channel count the card neither stores nor lists as a variant.
+    """
+    count = stored.shape[0]
+    if count == len(mod.bands):
+        return stored
+    variants = getattr(mod, "channel_variants", {})
+    how = variants.get(count)
+    if how is None:
+        also = f" (also read: {sorted(variants)} channels)" if variants else ""
+        raise SampleFormatError(
+            f"{path}: has {count} channels; the card's '{mod.name}' modality stores "
+            f"{len(mod.bands)} {list(mod.bands)}{also}"
+        )
+    return to_grey(stored) if how == GREY else stored[list(how)]
 
 
 def normalise_x(x: np.ndarray, norm: XNorm) -> np.ndarray:
@@ -221,6 +251,9 @@ class NaturalRGBXDataset(NonGeoDataset):
         self.preset, self.condition = preset, condition
         self.x_norm = x_norm or XNorm("scale", 1.0)
         self.transform = transform
+        if self.root.is_dir():
+            unpack_needed(self.card, self.root, [*self.encodings, "labels", "splits"],
+                          SampleFileError)  # fmt: skip
         self.samples = list(samples) if samples is not None else self.list_samples()
         self._palette = (
             PaletteDecoder(self.card.palette, self.card.ignore_index)
@@ -242,18 +275,18 @@ class NaturalRGBXDataset(NonGeoDataset):
             if path.is_file():
                 return path
         tried = ", ".join(str(p) for p in paths)
-        raise SampleFileError(f"sample '{ref.id}' ({ref.split}): missing {what} file {tried}")
+        entry = "labels" if what == "label" else what.strip("'")
+        hint = where_from(self.card, self.root, entry)
+        raise SampleFileError(
+            f"sample '{ref.id}' ({ref.split}): missing {what} file {tried}"
+            + (f".{hint}" if hint else "")
+        )
 
     def read_modality(self, name: str, ref: SampleRef) -> np.ndarray:
         """One modality of a sample, encoded: float32 ``(C, H, W)``, unknown values NaN."""
         mod = self.card.modality(name)
         path = self.find_file(mod.patterns, ref, f"'{name}'")
-        stored = read_file(path, mod.key, mod.channels_first)
-        if stored.shape[0] != len(mod.bands):
-            raise SampleFormatError(
-                f"{path}: has {stored.shape[0]} channel(s); the card's '{name}' modality "
-                f"stores {len(mod.bands)} {list(mod.bands)}"
-            )
+        stored = fit_channels(read_file(path, mod.key, mod.channels_first), mod, path)
         return apply_ops(stored, mod.encoding(self.encodings.get(name)).ops, str(path))
 
     def read_labels(self, ref: SampleRef) -> np.ndarray:
@@ -261,7 +294,7 @@ class NaturalRGBXDataset(NonGeoDataset):
         spec = self.card.labels
         assert spec is not None
         path = self.find_file(spec.patterns, ref, "label")
-        stored = read_file(path, spec.key)
+        stored = read_file(path, spec.key, as_rgb=self._palette is not None)
         if self._palette is not None:
             rgb = torch.from_numpy(np.ascontiguousarray(stored[:3]))
             return self._palette(rgb, str(path)).numpy().astype(np.int64)

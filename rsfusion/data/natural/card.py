@@ -2,6 +2,17 @@
 
 Every problem raises ``ValueError`` naming the key path (``modalities.depth.encodings.metres``)
 and, for unknown keys, the closest valid one; :func:`rsfusion.catalog.load_card` adds the file.
+
+Besides the catalog's keys a natural modality may say how copies that store another number of
+channels are read (:class:`NaturalModality`)::
+
+    depth:
+      bands: [depth]
+      channel_variants:   # stored channel count -> how the card's bands are read from it
+        4: grey           # ITU-R 601 grey of the first three channels (OpenCV's grey read)
+    lidar:
+      bands: [lidar_0, lidar_1, lidar_2]
+      channel_variants: {4: [0, 1, 2], 1: [0, 0, 0]}   # drop alpha / repeat one channel
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ import difflib
 import re
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +43,51 @@ TOP_KEYS = (
 )  # fmt: skip
 MODALITY_KEYS = (
     "patterns", "bands", "dtype", "unit", "description", "encodings", "default_encoding", "key",
-    "channels_first",
+    "channels_first", "channel_variants",
 )  # fmt: skip
 LABEL_KEYS = ("patterns", "encoding", "void", "value_map", "offset", "key", "channel")
 SOURCE_KINDS = ("file", "range", "ids", "glob")
 SOURCE_OPTIONS = ("id_from", "zfill", "count")
 SPLIT_PARTS = ("train", "val", "test")
+GREY = "grey"
+
+
+@dataclass(frozen=True)
+class NaturalModality(Modality):
+    """A natural card's modality; ``channel_variants`` maps another stored channel count to
+    the channels read from it (a list of indices, one per band) or ``"grey"`` (one band: the
+    ITU-R 601 weighted grey of channels 0-2, as OpenCV's grayscale read; alpha is dropped)."""
+
+    channel_variants: dict[int, tuple[int, ...] | str] = field(default_factory=dict)
+
+
+def _channel_variants(raw: Any, bands: tuple[str, ...], where: str) -> dict[int, Any]:
+    out: dict[int, tuple[int, ...] | str] = {}
+    for key, value in _mapping(raw, where).items():
+        if not key.isdigit() or int(key) < 1 or int(key) == len(bands):
+            raise ValueError(
+                f"{where}: key {key!r} must be a stored channel count other than the card's "
+                f"{len(bands)}"
+            )
+        count = int(key)
+        if value == GREY:
+            if len(bands) != 1 or count < 3:
+                raise ValueError(
+                    f"{where}.{key}: 'grey' reads one band from a 3- or 4-channel file"
+                )
+            out[count] = GREY
+            continue
+        if not (
+            isinstance(value, list)
+            and len(value) == len(bands)
+            and all(isinstance(i, int) and 0 <= i < count for i in value)
+        ):
+            raise ValueError(
+                f"{where}.{key}: expected 'grey' or {len(bands)} channel indices in 0..{count - 1}"
+                f", got {value!r}"
+            )
+        out[count] = tuple(value)
+    return out
 
 
 def _keys(mapping: Any, valid: Iterable[str], where: str) -> dict[str, Any]:
@@ -138,7 +189,7 @@ def _modality(name: str, raw: Any, fields: set[str]) -> Modality:
         raise ValueError(
             f"{where}.default_encoding: '{default}' is not one of {sorted(encodings)} or 'raw'"
         )
-    return Modality(
+    return NaturalModality(
         name=name,
         patterns=_patterns(m["patterns"], f"{where}.patterns", fields),
         bands=bands,
@@ -149,6 +200,9 @@ def _modality(name: str, raw: Any, fields: set[str]) -> Modality:
         default_encoding=default,
         key=m.get("key"),
         channels_first=bool(m.get("channels_first", False)),
+        channel_variants=_channel_variants(
+            m.get("channel_variants"), bands, f"{where}.channel_variants"
+        ),
     )
 
 

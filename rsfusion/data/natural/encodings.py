@@ -8,6 +8,8 @@ An encoding is an ordered mapping of ops, applied left to right to the stored ar
 
 Ops (a registry: a new op is one function with :func:`encoding_op`):
 
+- ``refuse: {dtype: reason, ...}`` refuse files stored in these dtypes, with the reason (e.g.
+  8-bit depth scaled per image has no metric scale); put it first;
 - ``channels: [i, ...]`` keep these stored channels (0-based), in this order;
 - ``rotr16: n`` rotate 16-bit values right by n bits (SUN-RGBD toolbox depth storage);
 - ``invalid: [v, ...]`` stored values meaning "unknown" become NaN (put it first);
@@ -89,6 +91,27 @@ def _channel_bands(bands: Bands, arg: list[int]) -> Bands:
     if max(arg) >= len(bands):
         raise ValueError(f"channel {max(arg)} does not exist: the file stores {list(bands)}")
     return tuple(bands[i] for i in arg)
+
+
+def _check_refuse(arg: Any) -> None:
+    _need(
+        isinstance(arg, dict)
+        and bool(arg)
+        and all(isinstance(k, str) and isinstance(v, str) and v for k, v in arg.items()),
+        "a mapping stored dtype -> reason (e.g. {uint8: 'relative depth, no metric scale'})",
+    )
+    for key in arg:
+        try:
+            np.dtype(key)
+        except TypeError as err:
+            raise ValueError(f"'{key}' is not a numpy dtype name") from err
+
+
+@encoding_op("refuse", _check_refuse)
+def _refuse(arr: np.ndarray, arg: dict[str, str], dtype: np.dtype, source: str) -> np.ndarray:
+    if dtype.name in arg:
+        raise EncodingError(f"{source}: stores {dtype.name}; {arg[dtype.name]}")
+    return arr
 
 
 @encoding_op("channels", _check_channels, _channel_bands)

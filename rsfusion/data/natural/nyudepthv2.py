@@ -2,7 +2,9 @@
 
 Everything is in ``data_catalog/nyudepthv2.yaml``: the CMX/DFormer release layout (RGB/, HHA/,
 Depth/, Label/, train.txt/test.txt), depth encodings (``repeat3`` as the papers, ``metres``,
-``metres3``; or X = ``hha``) and the label mapping 0 -> ignore, 1..40 -> 0..39.
+``metres3``; or X = ``hha``) and the label mapping 0 -> ignore, 1..40 -> 0..39. DFormer's
+Depth/ PNGs are 8-bit RGBA (``plt.imsave`` with ``Greys_r``, scaled per image): read as one grey
+channel; ``metres`` refuses them (relative depth, no metric scale).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Read one stored sample file into a ``(C, H, W)`` array of its stored dtype.
 
-PNG/JPEG/BMP/TIFF through Pillow (8-bit, 16-bit grayscale, palette PNGs give their indices),
+PNG/JPEG/BMP/TIFF through Pillow (8-bit, 16-bit grayscale, palette PNGs give their indices,
+or their colours with ``as_rgb``),
 ``.npy``, ``.npz`` and Level 5 ``.mat`` (:mod:`rsfusion.data.natural.matfile`). Every failure
 names the file: :class:`SampleFileError` when it is missing, :class:`SampleFormatError` when it
 cannot be read or has an unexpected shape.
@@ -21,10 +22,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy", ".npz", ".mat")
 
 
-def _read_image(path: Path) -> np.ndarray:
+#: ITU-R 601 luma weights, as OpenCV's grayscale read of a colour PNG
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
+def to_grey(stored: np.ndarray) -> np.ndarray:
+    """``(3 or 4, H, W)`` colour -> ``(1, H, W)`` grey in the stored dtype (alpha dropped).
+
+    Example:
+        >>> to_grey(np.array([[[100]], [[200]], [[0]], [[255]]], np.uint8)).tolist()
+        [[[147]]]
+    """
+    grey = np.tensordot(GREY_WEIGHTS, stored[:3].astype(np.float64), axes=1)
+    return np.round(grey)[None].astype(stored.dtype)
+
+
+def _read_image(path: Path, as_rgb: bool = False) -> np.ndarray:
     with Image.open(path) as img:
         mode = img.mode
-        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        if as_rgb and mode != "RGB":
+            img = img.convert("RGB")  # palette ("P"), grey and RGBA files: their colours
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             img = img.convert("RGB")
         elif mode == "1":
             img = img.convert("L")
@@ -52,13 +70,17 @@ def _read_array(path: Path, key: str | None) -> np.ndarray:
     return read_mat(path, key)
 
 
-def read_file(path: str | Path, key: str | None = None, channels_first: bool = False) -> np.ndarray:
+def read_file(
+    path: str | Path, key: str | None = None, channels_first: bool = False, as_rgb: bool = False
+) -> np.ndarray:
     """One stored file as ``(C, H, W)`` in its stored dtype (2-D files get ``C = 1``).
 
     Args:
         path: the file (its suffix picks the reader).
         key: the variable of a ``.mat`` / ``.npz`` file (default: its only one).
         channels_first: a 3-D ``.npy`` / ``.mat`` array is ``(C, H, W)`` already.
+        as_rgb: read an image as 8-bit RGB whatever its mode (a palette PNG gives its colours,
+            not its indices; colour-coded labels are decoded from these).
 
     Raises:
         SampleFileError: the file does not exist.
@@ -70,7 +92,7 @@ def read_file(path: str | Path, key: str | None = None, channels_first: bool = F
     suffix = path.suffix.lower()
     try:
         if suffix in IMAGE_SUFFIXES:
-            arr = _read_image(path)
+            arr = _read_image(path, as_rgb)
         elif suffix in ARRAY_SUFFIXES:
             arr = _read_array(path, key)
         else:

@@ -2,8 +2,8 @@
 
 Everything is in ``data_catalog/sunrgbd.yaml``: the DFormer release layout (RGB/, Depth/,
 labels/, train.txt/test.txt), depth encodings (``repeat3`` as the papers; ``metres`` decodes
-the toolbox's 16-bit storage with its bits rotated by 3) and the label mapping 0 -> ignore,
-1..37 -> 0..36. Images differ in size: configs crop per sample on the CPU (``data.crop``).
+the toolbox's 16-bit storage with its bits rotated by 3, and refuses DFormer's 8-bit RGBA PNGs,
+which are read as one grey channel) and the label mapping 0 -> ignore, 1..37 -> 0..36. Images differ in size: configs crop per sample on the CPU (``data.crop``).
 """
 
 from __future__ import annotations

@@ -409,3 +409,64 @@ def test_cat_max_crop_redraws_crops_dominated_by_one_class():
     assert mixed(balanced) > 2 * mixed(plain)
     with pytest.raises(ValueError, match="cat_max"):
         SampleResizeCrop(crop=(16, 16), cat_max=0.0)
+
+
+# ------------------------------------------------------------------ copies of a release
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({1: "grey"}, "must be a stored channel count other than the card's 1"),
+        ({2: "grey"}, "'grey' reads one band from a 3- or 4-channel file"),
+        ({4: [0, 1]}, "expected 'grey' or 1 channel indices in 0..3"),
+        ({4: [4]}, "expected 'grey' or 1 channel indices in 0..3"),
+    ],
+)
+def test_channel_variants_are_checked(tmp_path, value, message):
+    card_file = write_card(tmp_path, mutate("modalities.depth.channel_variants", value))
+    with pytest.raises(ValueError, match="modalities.depth.channel_variants") as err:
+        load_card(card_file)
+    assert message in str(err.value)
+
+
+def test_refuse_op_gives_its_reason_and_is_checked(tmp_path):
+    ops = {"refuse": {"uint8": "relative depth, no metric scale"}, "scale": 0.001}
+    with pytest.raises(EncodingError, match=r"d.png: stores uint8; relative depth, no metric"):
+        apply_ops(np.zeros((1, 2, 2), np.uint8), ops, "d.png")
+    assert apply_ops(np.full((1, 1, 1), 1000, np.uint16), ops, "d.png").item() == 1.0
+    bad = mutate("modalities.depth.encodings.metres", {"refuse": {"uint8": 3}})
+    with pytest.raises(ValueError, match="op 'refuse': expects a mapping stored dtype -> reason"):
+        load_card(write_card(tmp_path, bad))
+
+
+def test_rgba_depth_is_read_through_its_variant(tmp_path):
+    card = copy.deepcopy(CARD)
+    card["modalities"]["depth"]["channel_variants"] = {4: "grey"}
+    card["modalities"]["rgb"]["channel_variants"] = {4: [0, 1, 2]}
+    card = load_card(write_card(tmp_path, card))
+    root = tmp_path / "r"
+    for folder in ("rgb", "depth", "label"):
+        (root / folder).mkdir(parents=True)
+    grey = np.arange(24, dtype=np.uint8).reshape(4, 6) * 10
+    Image.fromarray(np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)).save(
+        root / "depth" / "7.png"
+    )
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(root / "rgb" / "7.png")
+    Image.fromarray(np.ones((4, 6), np.uint8)).save(root / "label" / "7.png")
+    ds = NaturalRGBXDataset(root, "test", card=card, x="depth")
+    sample = ds[0]
+    assert sample["image"].shape == (3, 4, 6) and float(sample["image"][0].max()) == 200
+    x = ds.read_modality("depth", ds.samples[0])
+    assert x.shape == (3, 4, 6) and np.array_equal(x[1], grey.astype(np.float32))
+
+
+def test_palette_pngs_give_their_colours_with_as_rgb(tmp_path):
+    ids = np.array([[0, 1], [2, 1]], np.uint8)
+    img = Image.fromarray(ids).convert("P")
+    img.putpalette([0, 0, 0, 128, 0, 0, 0, 0, 128] + [0] * 759)
+    img.save(tmp_path / "l.png")
+    assert read_file(tmp_path / "l.png")[0].tolist() == ids.tolist()  # indices
+    rgb = read_file(tmp_path / "l.png", as_rgb=True)
+    assert rgb.shape == (3, 2, 2) and rgb[:, 0, 1].tolist() == [128, 0, 0]
+    assert rgb[:, 1, 0].tolist() == [0, 0, 128]

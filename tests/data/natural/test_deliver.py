@@ -152,3 +152,30 @@ def test_one_training_step(root, tmp_path):
     assert meta["card"] == "deliver"
     assert meta["x_modality"] == "depth" and meta["x_encoding"] == "repeat3"
     assert meta["model"]["x_channels"] == 3 and meta["model"]["num_classes"] == 25
+
+
+def test_rgba_and_one_channel_files_are_read_as_cmnext_does(root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "deliver"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.py"))
+    sid = SPLITS["train"][0]
+    rgb = stored(root, "img", sid, "rgb")
+    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    Image.fromarray(np.concatenate([rgb, alpha], -1)).save(copy / "img" / f"{sid}_rgb_front.png")
+    lidar = stored(root, "lidar", sid, "lidar")
+    Image.fromarray(lidar[..., 0]).save(copy / "lidar" / f"{sid}_lidar_front.png")  # 1 channel
+    event = stored(root, "event", sid, "event")
+    Image.fromarray(np.concatenate([event, alpha], -1)).save(
+        copy / "event" / f"{sid}_event_front.png"
+    )
+    ref = DELIVER(copy, "train", x="lidar").samples[0]
+    as_stored = DELIVER(root, "train", x="lidar")
+    assert np.array_equal(
+        DELIVER(copy, "train", x="lidar").read_modality("rgb", ref),
+        as_stored.read_modality("rgb", ref),
+    )  # alpha dropped (io.read_image(...)[:3])
+    x = DELIVER(copy, "train", x="lidar").read_modality("lidar", ref)
+    assert x.shape[0] == 3 and all(np.array_equal(x[c], lidar[..., 0]) for c in range(3))
+    ev = DELIVER(copy, "train", x="event", encodings={"event": "unit"}).read_modality("event", ref)
+    assert np.allclose(ev, np.moveaxis(event, -1, 0) / 255.0)

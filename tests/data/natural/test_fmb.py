@@ -122,3 +122,21 @@ def test_one_training_step(fmb_root, tmp_path):
     meta = ckpt["rsfusion"]
     assert meta["card"] == "fmb" and meta["x_bands"] == ["thermal"] * 3
     assert meta["model"]["num_classes"] == 15 and meta["classes"][0] == "unlabelled"
+
+
+def test_labels_as_the_loaders_read_them_255_ignored_channel_0(fmb_root, tmp_path):
+    root = tmp_path / "fmb"
+    shutil.copytree(fmb_root, root, ignore=shutil.ignore_patterns("*.py"))
+    label = stored(fmb_root, "train", "Label", "00001").copy()
+    label[:3, :4] = 255  # the loaders' ignore label
+    Image.fromarray(np.stack([label, label // 2, label // 3], -1)).save(
+        root / "train/Label/00001.png"
+    )  # a 3-channel copy: the class is channel 0
+    mask = FMB(root, "train", x="infrared")[0]["mask"].numpy()
+    assert (mask[:3, :4] == 255).all()
+    rest = np.ones_like(label, bool)
+    rest[:3, :4] = False
+    assert np.array_equal(mask[rest], label[rest])
+    card = load_card("fmb")
+    assert card.labels.channel == 0 and card.labels.void == (255,)
+    assert card.modality("infrared").channel_variants == {3: "grey", 4: "grey"}

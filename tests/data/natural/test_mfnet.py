@@ -13,7 +13,8 @@ from PIL import Image
 from rsfusion.catalog import load_card
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
-from rsfusion.data.natural.base import NaturalRGBXDataset
+from rsfusion.data.natural.base import NaturalRGBXDataset, dataset_class_for
+from rsfusion.data.natural.mfnet import MFNet
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
@@ -145,3 +146,30 @@ def test_one_training_step_scores_all_nine_classes(mfnet_root, tmp_path):
     assert meta["model"]["x_channels"] == 3 and meta["model"]["num_classes"] == 9
     scores = json.loads((tmp_path / "run/reports/val_scores.json").read_text())
     assert 0.0 <= scores["mIoU"] <= 1.0 and "unlabelled" in scores["per_class"]
+
+
+def test_flip_names_of_the_split_file_are_skipped_with_a_count(
+    mfnet_root, tmp_path, caplog, monkeypatch
+):
+    import logging
+    import shutil
+
+    monkeypatch.setattr(logging.getLogger("rsfusion"), "propagate", True)  # a CLI may unset it
+
+    root = tmp_path / "ir_seg_dataset"
+    shutil.copytree(mfnet_root, root, ignore=shutil.ignore_patterns("*.py"))
+    names = (root / "train.txt").read_text().split()
+    (root / "train.txt").write_text("".join(f"{n}\n{n}_flip\n" for n in names))
+    for name in names:  # what make_flip.py writes: mirrored copies
+        for folder in ("images", "labels"):
+            img = Image.open(root / folder / f"{name}.png")
+            img.transpose(Image.FLIP_LEFT_RIGHT).save(root / folder / f"{name}_flip.png")
+    with caplog.at_level(logging.WARNING, logger="rsfusion"):
+        ds = dataset_class_for("mfnet")(root, "train", x="thermal")
+    assert isinstance(ds, MFNet) and [r.id for r in ds.samples] == names
+    assert "skipped 2 '_flip' entries of the split file (e.g. 00001D_flip)" in caplog.text
+    assert "2 frames kept" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rsfusion"):
+        assert len(MFNet(mfnet_root, "train", x="thermal")) == 2
+    assert "_flip" not in caplog.text  # the release's own list: nothing to skip

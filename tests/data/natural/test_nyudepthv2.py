@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule, model_card
 from rsfusion.data.natural.datamodule import NaturalDataModule
 from rsfusion.data.natural.nyudepthv2 import NYUDepthV2
+from rsfusion.errors import EncodingError, SampleFormatError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu"]
@@ -45,17 +47,48 @@ def test_labels_shift_by_one_and_unlabelled_is_ignored(nyudepthv2_root):
     assert np.array_equal(mask[stored > 0], stored[stored > 0].astype(np.int64) - 1)
 
 
-def test_depth_encodings_metres_repeat_and_hha(nyudepthv2_root):
+def test_dformer_rgba_depth_is_one_relative_channel(nyudepthv2_root):
     ref = NYUDepthV2(nyudepthv2_root, "train").samples[0]
-    stored = np.array(Image.open(nyudepthv2_root / "Depth" / "2.png")).astype(np.float64)
-    metres = NYUDepthV2(nyudepthv2_root, "train", x="depth", encodings={"depth": "metres"})
-    m = metres.read_modality("depth", ref)[0]
-    assert np.array_equal(np.isnan(m), stored == 0)
-    assert np.allclose(m[stored > 0], stored[stored > 0] / 1000.0)
-    rep = NYUDepthV2(nyudepthv2_root, "train", x="depth")[0]["image_x"]  # repeat3 + min-max
+    with Image.open(nyudepthv2_root / "Depth" / "2.png") as im:
+        assert im.mode == "RGBA"  # plt.imsave(..., cmap="Greys_r"), as DFormer distributes it
+        rgba = np.array(im)
+    ds = NYUDepthV2(nyudepthv2_root, "train", x="depth", encodings={"depth": "repeat3"})
+    x = ds.read_modality("depth", ref)
+    assert x.shape == (3, 40, 56) and np.array_equal(x[0], rgba[..., 0].astype(np.float32))
+    assert x.min() == 0 and x.max() == 255  # scaled per image: 0 = nearest, 255 = farthest
+    rep = ds[0]["image_x"]  # repeat3 + per-sample min-max: the papers' input
     assert rep.shape == (3, 40, 56) and torch.equal(rep[0], rep[2])
     hha = NYUDepthV2(nyudepthv2_root, "train", x="hha")[0]["image_x"]
     assert hha.shape == (3, 40, 56) and not torch.equal(hha[0], hha[1])
+
+
+@pytest.mark.parametrize("encoding", ["metres", "metres3"])
+def test_metres_refuses_relative_depth_with_the_reason(nyudepthv2_root, encoding):
+    ds = NYUDepthV2(nyudepthv2_root, "train", x="depth", encodings={"depth": encoding})
+    with pytest.raises(EncodingError, match=r"2.png: stores uint8; 8-bit depth .* no metric"):
+        ds[0]
+    with pytest.raises(EncodingError, match="data.x_encoding=repeat3"):
+        ds.read_modality("depth", ds.samples[0])
+
+
+def test_a_16_bit_millimetre_copy_gives_metres(nyudepthv2_root, tmp_path):
+    root = tmp_path / "nyu"
+    shutil.copytree(nyudepthv2_root, root, ignore=shutil.ignore_patterns("*.py"))
+    mm = np.full((40, 56), 2500, np.uint16)
+    mm[:3, :5] = 0  # unknown
+    Image.fromarray(mm).save(root / "Depth" / "2.png")
+    ds = NYUDepthV2(root, "train", x="depth", encodings={"depth": "metres"})
+    m = ds.read_modality("depth", ds.samples[0])[0]
+    assert np.isnan(m[:3, :5]).all() and np.allclose(m[3:], 2.5)
+
+
+def test_other_channel_counts_are_named(nyudepthv2_root, tmp_path):
+    root = tmp_path / "nyu"
+    shutil.copytree(nyudepthv2_root, root, ignore=shutil.ignore_patterns("*.py"))
+    Image.fromarray(np.zeros((40, 56, 2), np.uint8), mode="LA").save(root / "Depth" / "2.png")
+    ds = NYUDepthV2(root, "train", x="depth")
+    with pytest.raises(SampleFormatError, match=r"2.png: has 2 channels; .*also read: \[3, 4\]"):
+        ds[0]
 
 
 @pytest.fixture

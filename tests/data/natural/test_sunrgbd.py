@@ -88,3 +88,28 @@ def test_cli_errors_name_the_fix(sunrgbd_root, tmp_path, capsys):
         f"data.root={sunrgbd_root}", "data.x_encoding=hha"
     )
     assert "crop must be [height, width]" in err(f"data.root={sunrgbd_root}", "data.crop=[32]")
+
+
+def test_dformer_rgba_depth_reads_one_channel_and_refuses_metres(sunrgbd_root, tmp_path):
+    import shutil
+
+    import pytest
+    from matplotlib.image import imsave
+
+    from rsfusion.errors import EncodingError
+
+    root = tmp_path / "SUNRGBD"
+    shutil.copytree(sunrgbd_root, root, ignore=shutil.ignore_patterns("*.py"))
+    ref = SUNRGBD(root, "train").samples[0]
+    toolbox = SUNRGBD(root, "train", x="depth", encodings={"depth": "metres"})
+    metres = toolbox.read_modality("depth", ref)[0]
+    imsave(root / "Depth" / f"{ref.id}.png", np.nan_to_num(metres), cmap="Greys_r")  # DFormer
+    with Image.open(root / "Depth" / f"{ref.id}.png") as im:
+        assert im.mode == "RGBA"
+        grey = np.array(im)[..., 0]
+    ds = SUNRGBD(root, "train", x="depth")  # repeat3, the default
+    x = ds.read_modality("depth", ref)
+    assert x.shape == (3, 40, 56) and np.array_equal(x[0], grey.astype(np.float32))
+    assert ds[0]["image_x"].shape == (3, 40, 56)
+    with pytest.raises(EncodingError, match=r"stores uint8; 8-bit depth .*no metric scale"):
+        toolbox.read_modality("depth", ref)

@@ -3,6 +3,7 @@ view, labels from label.npy / 5_5_label.npy, per-sample CPU crops of unequal siz
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from PIL import Image
 from rsfusion.catalog import load_card
 from rsfusion.config import load_config
 from rsfusion.data.factory import make_datamodule
-from rsfusion.data.natural.base import NaturalRGBXDataset
+from rsfusion.data.natural.base import NaturalRGBXDataset, dataset_class_for
+from rsfusion.errors import SampleFormatError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
@@ -27,7 +29,7 @@ def root() -> Path:
 
 
 def dataset(root: Path, split: str = "train", **kwargs) -> NaturalRGBXDataset:
-    return NaturalRGBXDataset(root, split, card="urbanlf", **kwargs)
+    return dataset_class_for("urbanlf")(root, split, **kwargs)
 
 
 def view(root: Path, sample: str, name: str) -> np.ndarray:
@@ -115,3 +117,40 @@ def test_dry_run_and_one_training_step(root, tmp_path, capsys):
     meta = train_one_step("urbanlf_baseline", root, tmp_path / "run", *TINY)["rsfusion"]
     assert meta["x_modality"] == "view_1_1"
     assert meta["crop"] == [32, 32] and meta["model"]["num_classes"] == 14
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("fake_urbanlf", Path(__file__).parents[1]
+                                                  / "urbanlf" / "data.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cmnext_copy_real_and_syn_folders_png_labels_and_255_void(root, tmp_path):
+    copy = tmp_path / "UrbanLF"
+    _generator().generate_cmnext(copy)
+    assert sorted(p.name for p in copy.iterdir()) == ["Syn", "real"]
+    ds = dataset(copy, x="view_1_1")
+    assert [r.id for r in ds.samples] == ["Syn/train/Image3", "real/train/Image17"]
+    assert [r.id for r in dataset(copy, condition="real").samples] == ["real/train/Image17"]
+    assert [r.id for r in dataset(copy, "val", condition="syn").samples] == ["Syn/val/Image90"]
+    assert not (copy / "real/train/Image17/label.npy").exists()
+    official = dataset(root, x="view_1_1")
+    real = ds[1]["mask"]  # decoded from label.png, as CMNeXt reads Real labels
+    assert torch.equal(real, official[0]["mask"])
+    syn = ds[0]["mask"].numpy()  # 5_5_label.npy with a block of 255: void
+    assert (syn[:4, :6] == 255).all()
+    assert np.array_equal(syn[4:], official[1]["mask"].numpy()[4:])
+    assert not ds.missing_files()
+
+
+def test_a_colour_outside_the_palette_names_the_png(tmp_path):
+    copy = tmp_path / "UrbanLF"
+    _generator().generate_cmnext(copy)
+    path = copy / "real/train/Image17/label.png"
+    arr = np.array(Image.open(path))
+    arr[2, 3] = (1, 2, 3)
+    Image.fromarray(arr).save(path)
+    with pytest.raises(SampleFormatError, match=r"label.png: colour \(1, 2, 3\) at pixel \(row 2"):
+        dataset(copy, x="view_1_1", condition="real")[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rsfusion.catalog import load_card
@@ -17,9 +18,9 @@ from rsfusion.errors import LabelColourError
 from tests.data.natural.helpers import dry_run_report, train_one_step
 
 TINY = ["data.batch_size=2", "data.num_workers=0", "data.crop=[32,32]", "trainer.accelerator=cpu"]
-# the generator's stored colours, file class 0 (unlabelled, black) .. 8
-COLOURS = [(0, 0, 0), (0, 0, 128), (0, 128, 0), (0, 128, 128), (128, 0, 0), (128, 0, 128),
-           (128, 128, 0), (128, 128, 128), (0, 0, 64)]  # fmt: skip
+# Road-Former's colours (RGB order) of file class 0 (unlabelled, black) .. 8: the VOC colour map
+COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+           (0, 128, 128), (128, 128, 128), (64, 0, 0)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,39 @@ def test_stems_and_split_folders_come_from_the_rgb_names(root):
     assert not ZJURGBP(root, "test", x="aolp").missing_files()
 
 
+def test_card_colours_are_road_formers_rgb_order():
+    card = load_card("zju_rgbp")
+    named = dict(zip(card.class_names, card.palette, strict=True))
+    assert named["building"] == (128, 0, 0) and named["road"] == (0, 0, 128)
+    assert named["car"] == (128, 128, 0) and named["sky"] == (0, 128, 128)
+    assert named["bicycle"] == (64, 0, 0)
+
+
+def test_palette_png_building_pixels_decode_to_building(root):
+    path = root / "val" / "label" / "0346_image0.png"
+    with Image.open(path) as im:
+        assert im.mode == "P"  # palette PNG, index = file class
+        ids = np.array(im)
+    ds = ZJURGBP(root, "val", x="aolp")
+    mask = ds[1]["mask"].numpy()
+    building = ds.card.class_names.index("building")
+    assert (ids == 1).any() and np.array_equal(mask == building, ids == 1)
+    assert np.array_equal(mask == ds.card.class_names.index("road"), ids == 4)
+
+
+def test_an_rgb_copy_of_the_labels_decodes_alike(root, tmp_path):
+    copy = tmp_path / "zju"
+    shutil.copytree(root, copy)
+    for path in (copy / "val" / "label").glob("*.png"):
+        Image.open(path).convert("RGB").save(path)
+    palette = [ZJURGBP(root, "val", x="aolp")[i]["mask"] for i in range(2)]
+    rgb = [ZJURGBP(copy, "val", x="aolp")[i]["mask"] for i in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(palette, rgb, strict=True))
+
+
 def test_colours_decode_to_classes_and_black_is_ignored(root):
     ds = ZJURGBP(root, "val", x="aolp")
-    stored = np.array(Image.open(root / "val" / "label" / "0346_image0.png"))
+    stored = np.array(Image.open(root / "val" / "label" / "0346_image0.png").convert("RGB"))
     file_ids = np.full(stored.shape[:2], -1)
     for k, colour in enumerate(COLOURS):
         file_ids[(stored == colour).all(-1)] = k
@@ -70,7 +101,7 @@ def test_damaged_label_colour_names_the_file(root, tmp_path):
     copy = tmp_path / "zju"
     shutil.copytree(root, copy)
     path = copy / "train" / "label" / "0002_image0.png"
-    arr = np.array(Image.open(path))
+    arr = np.array(Image.open(path).convert("RGB"))
     arr[3, 5] = (1, 2, 3)
     Image.fromarray(arr).save(path)
     with pytest.raises(LabelColourError, match=r"0002_image0.png: colour \(1, 2, 3\)"):

@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Write a tiny fake NYU Depth V2 release (CMX/DFormer layout) beside this script.
+"""Write a tiny fake NYU Depth V2 release (DFormer's copy) beside this script.
 
 Five 40x56 indoor scenes (wall, floor, one piece of furniture): RGB/<n>.jpg, HHA/<n>.jpg,
-Depth/<n>.png (16-bit millimetres, 0 = unknown in a few holes), Label/<n>.png (8-bit, 0 =
-unlabelled around the furniture, 1..40 = classes), and train.txt (2, 3, 4) / test.txt (1, 8)
-with the release's "RGB/<n>.jpg<TAB>Label/<n>.png" lines. Run it to regenerate.
+Depth/<n>.png, Label/<n>.png (8-bit, 0 = unlabelled around the furniture, 1..40 = classes),
+and train.txt (2, 3, 4) / test.txt (1, 8) with the release's "RGB/<n>.jpg<TAB>Label/<n>.png"
+lines. Run it to regenerate.
+
+Depth is written as DFormer distributes it. Source: the VCIP-RGBD/DFormer README ("we map the
+depth (.npy) to .png via plt.imsave(save_path, np.load(depth), cmap='Greys_r')"), so each
+Depth/<n>.png is an 8-bit RGBA PNG with R = G = B = the in-painted depth (metres, no holes)
+scaled to 0..255 between the image's own minimum (0, nearest) and maximum (255), alpha 255;
+DFormer's loader (utils/dataloader/RGBXDataset.py) reads it with cv2.IMREAD_GRAYSCALE.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from matplotlib.image import imsave  # what plt.imsave calls
 from PIL import Image
 
 SHAPE = (40, 56)
@@ -28,7 +35,7 @@ COLOURS = {
 
 
 def scene(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Label values, depth in mm (0 = unknown), RGB and HHA of one synthetic room view."""
+    """Label values, in-painted depth in metres, RGB and HHA of one synthetic room view."""
     h, w = SHAPE
     rows, cols = np.mgrid[0:h, 0:w]
     horizon = int(rng.integers(16, 24))
@@ -45,9 +52,8 @@ def scene(rng: np.random.Generator) -> dict[str, np.ndarray]:
     ring = (rows >= top - 1) & (rows <= bottom) & (cols >= left - 1) & (cols <= right) & ~obj
     label[ring] = 0  # unlabelled boundary
     depth = np.clip(depth, 500, 9000)
-    holes = rng.random(SHAPE) < 0.03
-    holes[:4, -6:] = True  # a window: no depth
-    depth_mm = np.where(holes, 0, np.round(depth)).astype(np.uint16)
+    rng.random(SHAPE)  # (the draw earlier versions made holes from: keeps the RGB noise)
+    depth_m = np.round(depth) / 1000.0  # in-painted: no holes in NYU's labelled depth
     base = np.array([COLOURS.get(int(v), (0, 0, 0)) for v in label.ravel()]).reshape(h, w, 3)
     shade = 1.2 - 0.08 * depth / 1000.0
     rgb = np.clip(base * shade[..., None] + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -59,7 +65,7 @@ def scene(rng: np.random.Generator) -> dict[str, np.ndarray]:
         ],
         axis=-1,
     ).astype(np.uint8)
-    return {"label": label, "depth": depth_mm, "rgb": rgb, "hha": hha}
+    return {"label": label, "depth": depth_m, "rgb": rgb, "hha": hha}
 
 
 def generate(root: Path) -> None:
@@ -69,7 +75,7 @@ def generate(root: Path) -> None:
         s = scene(np.random.default_rng([2025, n]))
         Image.fromarray(s["rgb"]).save(root / "RGB" / f"{n}.jpg", quality=90)
         Image.fromarray(s["hha"]).save(root / "HHA" / f"{n}.jpg", quality=90)
-        Image.fromarray(s["depth"]).save(root / "Depth" / f"{n}.png")  # 16-bit grayscale
+        imsave(root / "Depth" / f"{n}.png", s["depth"], cmap="Greys_r")  # DFormer: RGBA
         Image.fromarray(s["label"]).save(root / "Label" / f"{n}.png")
     for name, ids in (("train.txt", TRAIN), ("test.txt", TEST)):
         (root / name).write_text("".join(f"RGB/{n}.jpg\tLabel/{n}.png\n" for n in ids))

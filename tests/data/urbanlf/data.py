@@ -35,6 +35,14 @@ Classes (file id: name, colour): 1 bike (168, 198, 168), 2 building (198, 0, 0),
 Real counts: semantic segmentation benchmark, UrbanLF-Real 824 = train 580 / val 80 / test 164;
 UrbanLF-Syn 250 = train 172 / val 28 / test 50.
 
+CMNeXt's copy (``generate_cmnext``, written by the tests into a temporary folder): the same
+files with the parts named ``real/`` and ``Syn/`` (CMNeXt ``semseg/datasets/urbanlf.py`` picks
+the label reader by ``'real' in root`` / ``'Syn' in root``; the DELIVER README's data tree shows
+``UrbanLF/Syn`` and ``UrbanLF/real``), holding what that loader reads: ``label.png`` for Real
+(decoded by colour) and ``5_5_label.npy`` for Syn, where 255 is void (CMNeXt sets 255 to 0
+before subtracting 1). Whether CMNeXt's copy also keeps Real's ``label.npy`` is not known; this
+fake copy leaves it out, and gives one Syn label a block of 255.
+
 Fixture: Real train/val/test and Syn train/val, one sample each, views of 16 x 24 px.
 """
 
@@ -108,6 +116,20 @@ def generate(root: Path) -> None:
         if part == "UrbanLF_Syn":
             disparity = (0.2 * (label % 5) - 0.3 + np.linspace(0, 0.4, w)[None]).astype(np.float32)
             np.save(folder / "5_5_disparity.npy", disparity)
+
+
+def generate_cmnext(root: Path) -> None:
+    """Write CMNeXt's copy under ``root``: ``real/`` and ``Syn/``, Real labels as PNG only, and
+    a block of 255 (void) in the Syn train label."""
+    generate(root)
+    (root / "UrbanLF_Real").rename(root / "real")
+    (root / "UrbanLF_Syn").rename(root / "Syn")
+    for path in (root / "real").glob("*/Image*/label.npy"):
+        path.unlink()
+    path = root / "Syn" / "train" / "Image3" / "5_5_label.npy"
+    label = np.load(path)
+    label[:4, :6] = 255
+    np.save(path, label)
 
 
 if __name__ == "__main__":

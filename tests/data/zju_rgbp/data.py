@@ -13,15 +13,19 @@ inspected, so this is the layout that loader reads. ``root`` is the dataset fold
                                  1024 x 1224 (H x W)
         aolp2/<stem>_aolp.png    angle-of-linear-polarization image, 8-bit, 3 channels
                                  (channel layout not verified)
-        label/<stem>_image0.png  colour-coded labels, RGB 8-bit, 3 channels
+        label/<stem>_image0.png  colour-coded labels: 8-bit palette ("P") PNGs, index = file
+                                 class id, palette = the PASCAL VOC colour map
 
 The polarization pair is synthesised from four captures behind 0/45/90/135-degree polarizers
-(LUCID PHX050S-Q camera). Classes and their stored colours (RGB order; Road-Former reads the
-file as BGR and matches B, G, R = 128, 0, 0 for building, hence the reversed VOC colours):
-0 unlabelled (0, 0, 0), 1 building (0, 0, 128), 2 glass (0, 128, 0), 3 car (0, 128, 128),
-4 road (128, 0, 0), 5 tree/vegetation (128, 0, 128), 6 sky (128, 128, 0),
-7 pedestrian (128, 128, 128), 8 bicycle (0, 0, 64). Unlabelled is ignored (Road-Former's
-evaluator uses ``ignore_index=0``); CMX reports the 8 classes 1..8.
+(LUCID PHX050S-Q camera). Classes and their colours in RGB order, as Road-Former decodes them
+(``LoadZJUAnnotations`` reads the label through ``mmcv_custom.imfrombytes`` with the pillow
+backend, whose default channel order in that copy of mmcv is RGB, after converting a non-RGB
+file to RGB; ``MMZJUDataset``'s palette lists the same colours): 0 unlabelled (0, 0, 0),
+1 building (128, 0, 0), 2 glass (0, 128, 0), 3 car (128, 128, 0), 4 road (0, 0, 128),
+5 tree/vegetation (128, 0, 128), 6 sky (0, 128, 128), 7 pedestrian (128, 128, 128),
+8 bicycle (64, 0, 0): the VOC colour map of ids 0..8, hence the palette PNGs here (whether the
+released files are palette or RGB PNGs could not be checked; they decode alike). Unlabelled
+is ignored (Road-Former's evaluator uses ``ignore_index=0``); CMX reports the 8 classes 1..8.
 
 Real counts: 394 pairs, train 344 / val 50.
 
@@ -41,17 +45,18 @@ SPLITS = {"train": ("0001", "0002", "0003"), "val": ("0345", "0346")}
 COLOURS = np.array(
     [
         (0, 0, 0),
-        (0, 0, 128),
-        (0, 128, 0),
-        (0, 128, 128),
         (128, 0, 0),
-        (128, 0, 128),
+        (0, 128, 0),
         (128, 128, 0),
+        (0, 0, 128),
+        (128, 0, 128),
+        (0, 128, 128),
         (128, 128, 128),
-        (0, 0, 64),
+        (64, 0, 0),
     ],
     dtype=np.uint8,
 )
+PALETTE = [int(v) for v in COLOURS.ravel()] + [0] * (768 - COLOURS.size)
 
 
 def _blocks(rng: np.random.Generator, shape: tuple[int, int], n: int, cell: int = 8) -> np.ndarray:
@@ -78,11 +83,15 @@ def generate(root: Path) -> None:
                     f"{stem}_aolp.png",
                     np.stack([np.clip(aolp, 0, 255)] * 3, -1).astype(np.uint8),
                 ),
-                "label": (f"{stem}_image0.png", COLOURS[label]),
+                "label": (f"{stem}_image0.png", label),
             }
             for folder, (fname, arr) in files.items():
                 (root / split / folder).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(root / split / folder / fname)
+                img = Image.fromarray(arr)
+                if folder == "label":
+                    img = img.convert("P")  # mode P, index = class id
+                    img.putpalette(PALETTE)
+                img.save(root / split / folder / fname)
 
 
 if __name__ == "__main__":

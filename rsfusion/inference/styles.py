@@ -196,7 +196,8 @@ def store_gpkg_style(gpkg: str | Path, layer: str, qml: str, name: str = "rsfusi
     ``layer_styles`` table, registered in ``gpkg_contents`` as QGIS does; QGIS matches the
     layer by table and geometry column); replaces a style of the same name. Call it on the
     staging file, before it is moved to its final name."""
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = _dt.datetime.now(_dt.UTC)  # GeoPackage wants milliseconds
+    now = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
     with sqlite3.connect(str(gpkg)) as db:
         found = db.execute(
             "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)

@@ -104,3 +104,21 @@ class PredictionError(UserError):
 
 class PairingError(UserError):
     """Inputs that cannot be paired; the message lists the files and the fix."""
+
+
+# ---------------------------------------------------------------- non-finite values
+class NonFiniteError(UserError):
+    """NaN or inf where finite numbers are needed: a training loss, a checkpoint's weights; the
+    message names the step or file and what to check (the data, ``optim.lr``)."""
+
+
+__all__ += ["NonFiniteError"]
+
+
+# ---------------------------------------------------------------- export
+class ExportError(UserError):
+    """A model that cannot be exported as asked (an exporter or opset that lacks an operator,
+    ONNX Runtime logits that differ from PyTorch's); the message says what to try."""
+
+
+__all__ += ["ExportError"]

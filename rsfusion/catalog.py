@@ -62,9 +62,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rsfusion.errors import MissingFileError, UnknownNameError
+from rsfusion.errors import ConfigError, MissingFileError, UnknownNameError
 from rsfusion.paths import catalog_dir
-from rsfusion.yamlio import load_yaml
+from rsfusion.yamlio import read_yaml
 
 
 @dataclass(frozen=True)
@@ -293,11 +293,13 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
             raise MissingFileError(
                 f"no dataset card '{name_or_path}' in {catalog_dir()} (known: {known}){hint}"
             )
-    raw = load_yaml(path.read_text())
+    raw = read_yaml(path, "dataset card")  # plain data only: a !!python tag is refused
+    if not isinstance(raw, dict):
+        raise ConfigError(f"dataset card {path} must hold a mapping (name, modalities, classes)")
     try:
         return _parse_card(raw, path)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"dataset card {path} is malformed: {err}") from err
+        raise ConfigError(f"dataset card {path} is malformed: {err}") from err
 
 
 def _parse_card(raw: dict[str, Any], path: Path) -> DatasetCard:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import tempfile
 import types
@@ -34,12 +35,13 @@ from rsfusion.config_schema import (
     TypeMismatch,
     build,
     convert,
+    dotted,
     type_error,
     unknown_key,
 )
 from rsfusion.paths import configs_dir
 from rsfusion.yamlio import Dumper as _Dumper
-from rsfusion.yamlio import Loader as _Loader
+from rsfusion.yamlio import load_yaml, read_yaml
 
 __all__ = [
     "AugmentConfig",
@@ -143,12 +145,7 @@ def _merge(dst: dict, dst_o: Origins, src: Mapping, src_o: Origins, prefix: KeyP
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except OSError as err:
-        raise ConfigError(f"cannot read config {_show(path)}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {_show(path)}: {err}") from err
+    data = read_yaml(_show(path), "config")  # plain data only: a !!python tag is refused
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -205,10 +202,7 @@ def _apply_override(data: dict[str, Any], origins: Origins, text: str) -> None:
         )
     if parts == ["base"]:
         raise ConfigError(f"override '{text}': 'base' can only be set inside a config file")
-    try:
-        value = yaml.load(raw_value, Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML: {err}") from err
+    value = load_yaml(raw_value, f"the value of override '{text}'")
     node, where = data, f"override '{text}'"
     for i, part in enumerate(parts[:-1]):
         if node.get(part) is None:
@@ -249,6 +243,15 @@ def _cheap_check(tp: Any) -> bool:
     return all(a in (int, float, bool, str, type(None)) or get_origin(a) is Literal for a in arms)
 
 
+def _check_value(tp: Any, value: Any, path: KeyPath, where: Callable[[KeyPath], str]) -> None:
+    """``value`` is a ``tp`` (see :func:`convert`) and, if a float, finite (never NaN or inf)."""
+    number = convert(tp, value, path, where)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(
+            f"{dotted(path)}: must be a finite number, got {number} (in {where(path)})"
+        )
+
+
 def _check_trainer(trainer: Mapping[str, Any], where: Callable[[KeyPath], str]) -> None:
     params = _trainer_params()
     for key, value in trainer.items():
@@ -256,7 +259,7 @@ def _check_trainer(trainer: Mapping[str, Any], where: Callable[[KeyPath], str]) 
         if key not in params:
             raise unknown_key(path, list(params), where(path), "lightning.Trainer argument")
         if _cheap_check(params[key]):
-            convert(params[key], value, path, where)
+            _check_value(params[key], value, path, where)
 
 
 def _check_model(model: ModelConfig, where: Callable[[KeyPath], str]) -> None:
@@ -279,7 +282,7 @@ def _check_model(model: ModelConfig, where: Callable[[KeyPath], str]) -> None:
         if key not in params:
             raise unknown_key(path, list(params), where(path), f"option of {model.name}")
         if _cheap_check(params[key]):
-            convert(params[key], value, path, where)
+            _check_value(params[key], value, path, where)
 
 
 # ---------------------------------------------------------------- public API

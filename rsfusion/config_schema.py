@@ -71,6 +71,9 @@ class DataConfig:
     crop: list[int] | None = None  # training: random [h, w] CPU crop (padded with ignore)
     crop_cat_max: float = 1.0  # with crop: redraw (10 tries) where one class covers more (CPAL .75)
     pad_multiple: int = 32  # batches padded to a multiple of this (mask: ignore)
+    # evaluate.py's test-time augmentation (null: the method's published protocol, else none)
+    eval_scales: list[float] | None = None
+    eval_flip: bool | None = None
     # generalist training (SegRGB-X): source name -> overrides of this section's fields (and
     # ``ratio``, the source's share of training batches); see :func:`joint_overrides`
     joint: dict[str, dict[str, Any]] | None = None
@@ -86,6 +89,8 @@ class MaskingSection:
     area: list[float] = field(default_factory=lambda: [0.1, 0.3])
     aspect: list[float] = field(default_factory=lambda: [0.5, 2.0])
     where: Literal["input", "tokens"] = "input"
+    shape: Literal["rect", "squares"] = "rect"  # MCRM holes: rectangles or squares
+    count: int = 1  # MCRM holes per masked image
 
 
 @dataclass
@@ -305,10 +310,119 @@ def build(
             raise unknown_key(key_path, settable, where(key_path))
         kwargs[key] = convert(hints[key], value, key_path, where)
     obj = cls(**kwargs)
+    check_bounds(obj, path, where)
     check = CHECKS.get(cls)
     if check is not None:
         check(obj, path, where)
     return obj
+
+
+# ---------------------------------------------------------------- ranges of numbers
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number of the config must lie in (each number, for a list); NaN and inf
+    never do, whatever the range.
+
+    Example:
+        >>> Bounds(ge=0, le=1).describe(), Bounds(gt=0).admits(0.0), Bounds().admits(float("nan"))
+        ('a number in [0, 1]', False, False)
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` is a finite number within the bounds."""
+        return (
+            math.isfinite(value)
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def describe(self) -> str:
+        """The range in words: ``a number > 0``, ``a number in [0, 1)``."""
+        lo = f"[{_num(self.ge)}" if self.ge is not None else None
+        lo = f"({_num(self.gt)}" if self.gt is not None else lo
+        hi = f"{_num(self.le)}]" if self.le is not None else None
+        hi = f"{_num(self.lt)})" if self.lt is not None else hi
+        if lo and hi:
+            return f"a number in {lo}, {hi}"
+        if lo:
+            return f"a number {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+        if hi:
+            return f"a number {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
+        return "a finite number"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+FINITE = Bounds()
+POSITIVE = Bounds(gt=0)
+AT_LEAST_ONE = Bounds(ge=1)
+NON_NEGATIVE = Bounds(ge=0)
+PROBABILITY = Bounds(ge=0, le=1)
+FRACTION = Bounds(gt=0, le=1)
+
+BOUNDS: dict[type, dict[str, Bounds]] = {
+    AugmentConfig: {
+        "hflip": PROBABILITY, "vflip": PROBABILITY, "gaussian_blur": PROBABILITY,
+        "scale": POSITIVE, "color_jitter": NON_NEGATIVE,
+    },
+    DataConfig: {
+        "window": AT_LEAST_ONE, "eval_stride": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE,
+        "eval_batch_size": AT_LEAST_ONE, "num_workers": NON_NEGATIVE,
+        "samples_per_epoch": AT_LEAST_ONE, "x_scale": POSITIVE, "resize": AT_LEAST_ONE,
+        "scale_range": POSITIVE, "crop": AT_LEAST_ONE, "crop_cat_max": FRACTION,
+        "pad_multiple": AT_LEAST_ONE, "eval_scales": POSITIVE,
+    },
+    MaskingSection: {
+        "fraction": PROBABILITY, "area": FRACTION, "aspect": POSITIVE, "count": AT_LEAST_ONE,
+    },
+    AuxLossSection: {"weight": NON_NEGATIVE},
+    ModelConfig: {"drop_path_rate": Bounds(ge=0, lt=1)},
+    OptimConfig: {
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": Bounds(ge=0, lt=1),
+        "warmup_steps": NON_NEGATIVE, "warmup_ratio": PROBABILITY, "total_steps": AT_LEAST_ONE,
+        "layer_decay": FRACTION, "backbone_lr": NON_NEGATIVE, "power": NON_NEGATIVE,
+        "min_lr": NON_NEGATIVE,
+    },
+    ExperimentConfig: {"seed": Bounds(ge=0, le=2**32 - 1)},
+}  # fmt: skip
+"""Per dataclass, the range of its numeric fields, checked by :func:`build` after the types.
+A float field without an entry must still be finite (:data:`FINITE`); null is always allowed
+where the type allows it."""
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers of a field's value: itself, or the items of a list (bools are not numbers)."""
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def check_bounds(obj: Any, path: KeyPath, where: Callable[[KeyPath], str]) -> None:
+    """Refuse a number of dataclass ``obj`` outside its :data:`BOUNDS` (or, for any float
+    field, NaN or inf), naming the key, the range, the value and where it came from."""
+    bounds = BOUNDS.get(type(obj), {})
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        rule = bounds.get(f.name, FINITE)
+        for number in _numbers(value):
+            if f.name not in bounds and not isinstance(number, float):
+                continue  # ints without bounds: any value
+            if not rule.admits(number):
+                key_path = (*path, f.name)
+                shown = value if not isinstance(value, float) else number
+                raise ConfigError(
+                    f"{dotted(key_path)}: must be {rule.describe()}"
+                    f"{' (each item)' if isinstance(value, list) else ''}, got {shown} "
+                    f"(in {where(key_path)})"
+                )
 
 
 # ---------------------------------------------------------------- cross-field checks

@@ -309,3 +309,92 @@ def test_every_shipped_config_passes_the_option_check() -> None:
     assert len(names) > 20
     for name in names:
         load_config(name)
+
+
+# --- numbers are range-checked; files and overrides are plain data ------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=-0.1", "optim.lr: must be a number > 0, got -0.1"),
+        ("optim.lr=.nan", "optim.lr: must be a number > 0, got nan"),
+        ("optim.lr=.inf", "optim.lr: must be a number > 0, got inf"),
+        ("data.window=0", "data.window: must be a number >= 1, got 0"),
+        ("data.batch_size=0", "data.batch_size: must be a number >= 1, got 0"),
+        ("data.samples_per_epoch=-5", "data.samples_per_epoch: must be a number >= 1, got -5"),
+        ("data.augment.hflip=1.5", "data.augment.hflip: must be a number in [0, 1], got 1.5"),
+        ("data.augment.scale=[0.5, -2]", "data.augment.scale: must be a number > 0 (each item)"),
+        ("model.masking.area=[0.1, 2]", "model.masking.area: must be a number in (0, 1]"),
+        ("optim.momentum=1.0", "optim.momentum: must be a number in [0, 1), got 1.0"),
+        ("seed=-1", "seed: must be a number in [0, 4294967295], got -1"),
+        ("data.joint={a: {window: 0}}", "data.joint.a.window: must be a number >= 1, got 0"),
+        ("trainer.gradient_clip_val=.nan", "trainer.gradient_clip_val: must be a finite number"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_with_key_range_and_source(override, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("demo_baseline", [override])
+    assert message in str(err.value) and f"(in override '{override}')" in str(err.value)
+
+
+def test_a_float_field_without_bounds_must_still_be_finite() -> None:
+    import dataclasses
+
+    from rsfusion.config_schema import build
+
+    @dataclasses.dataclass
+    class Section:  # a future section whose numbers have no BOUNDS entry yet
+        gain: float = 1.0
+        count: int = 0
+
+    where = lambda p: "test.yaml"  # noqa: E731
+    assert build(Section, {"gain": -2.5, "count": -3}, ("new",), where) == Section(-2.5, -3)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"new.gain: must be a finite number, got (nan|inf)"):
+            build(Section, {"gain": bad}, ("new",), where)
+
+
+def test_every_bound_names_a_numeric_field() -> None:
+    import dataclasses
+    import typing
+
+    from rsfusion.config_schema import BOUNDS
+
+    for cls, bounds in BOUNDS.items():
+        hints = typing.get_type_hints(cls)
+        assert set(bounds) <= {f.name for f in dataclasses.fields(cls)}, cls.__name__
+        for name in bounds:
+            assert "int" in str(hints[name]) or "float" in str(hints[name]), (cls, name)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seed: !!python/object/apply:os.system ['touch {marker}']\n",
+        "data: !!python/name:os.system\n",
+        "seed: !custom 3\n",
+    ],
+)
+def test_a_python_tag_in_a_config_is_refused_and_never_runs(tmp_path: Path, text: str) -> None:
+    marker = tmp_path / "MARKER"
+    path = write(tmp_path, "evil.yaml", text.format(marker=marker))
+    with pytest.raises(ConfigError, match="evil.yaml .*the YAML tag .* is not allowed") as err:
+        load_config(path)
+    assert "\n" not in str(err.value) and not marker.exists()
+    with pytest.raises(ConfigError, match="override 'seed=!!python/name:os.system'"):
+        load_config(write(tmp_path, "ok.yaml", "seed: 1\n"), ["seed=!!python/name:os.system"])
+
+
+def test_invalid_yaml_is_one_line_with_its_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", "data: [1, 2\nseed: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"invalid YAML in config .*bad.yaml \(line 2, column 5\)"
+    ):
+        load_config(path)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_non_finite_model_option_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"model.kwargs.prompt_ratio: must be a finite number"):
+        load_config("demo_mobanet", ["model.kwargs.prompt_ratio=.nan"])

@@ -388,7 +388,7 @@ def tta_protocol(
     args: argparse.Namespace, cfg: Any, natural: bool
 ) -> tuple[list[float], bool, dict[str, str]]:
     """Test-time scales and flip, and where each came from: the command line, the config
-    (``data.eval_scales`` / ``data.eval_flip`` where the config schema has them), the method's
+    (``data.eval_scales`` / ``data.eval_flip``), the method's
     published protocol (:data:`PAPER_TTA`), or the default (single scale, no flip)."""
     paper = PAPER_TTA.get((cfg.model.name, "natural" if natural else "remote_sensing"))
     paper_source = f"{cfg.model.name} paper protocol"
@@ -397,13 +397,13 @@ def tta_protocol(
     source = {"scales": "default", "flip": "default"}
     if args.scales is not None:
         scales, source["scales"] = list(args.scales), "command line"
-    elif getattr(cfg.data, "eval_scales", None) is not None:
+    elif cfg.data.eval_scales is not None:
         scales, source["scales"] = [float(v) for v in cfg.data.eval_scales], "config"
     elif paper is not None:
         scales, source["scales"] = list(paper[0]), paper_source
     if args.flip is not None:
         flip, source["flip"] = bool(args.flip), "command line"
-    elif getattr(cfg.data, "eval_flip", None) is not None:
+    elif cfg.data.eval_flip is not None:
         flip, source["flip"] = bool(cfg.data.eval_flip), "config"
     elif paper is not None:
         flip, source["flip"] = paper[1], paper_source

@@ -5,38 +5,56 @@ Writes ``<stem>_classes.tif`` (colour table and class names), optionally ``<stem
 With folders (or ``--pairs CSV``) every pair is predicted in turn; pairs whose outputs are all
 complete are skipped, so a rerun resumes. Under ``torchrun --nproc-per-node N`` each rank takes
 its share of the pairs (on its own GPU when there are GPUs) and writes its own files.
+
+Outputs are named after the whole RGB file name; a run in which two inputs would write the same
+outputs is refused before any work. In a folder run a raster that cannot be predicted (corrupt,
+truncated, wrong bands) is reported and the others go on; the run then ends with an error
+listing the failures (exit 2). A full disk stops the run. Temporary files live in private
+staging folders in --out, removed when a run ends and, after a hard kill, by the next run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
-import rasterio
-
 from rsfusion.allocator import keep_freed_memory
 from rsfusion.cli import USER_ERRORS, show_messages
-from rsfusion.errors import MissingFileError
+from rsfusion.data.writers import staging_dir
+from rsfusion.deploy.onnx import OnnxModel, onnx_options
+from rsfusion.errors import MissingFileError, PredictionError, UserError
 from rsfusion.inference.folder import (
     Pair,
     PairingError,
+    check_unique_outputs,
+    output_stem,
     outputs_done,
     pair_folders,
     read_pairs_csv,
     remove_stale_partials,
     shard,
 )
-from rsfusion.inference.predict import PredictOptions, load_predictor, predict_pair
+from rsfusion.inference.memory import check_memory
+from rsfusion.inference.predict import (
+    PredictOptions,
+    check_device_memory,
+    load_predictor,
+    predict_pair,
+)
+from rsfusion.inference.runner import resolve_device
 from rsfusion.models.checkpoint import CheckpointMeta
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rsfusion-predict", description=__doc__)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    p.add_argument(
+        "--ckpt", required=True, help="checkpoint written by train.py, or a .onnx from export.py"
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--rgb", help="orthophoto (GeoTIFF or any GDAL raster), or a folder of them")
     src.add_argument("--pairs", help="CSV with columns rgb,x (paths relative to the CSV)")
@@ -100,6 +118,21 @@ def collect_pairs(args: argparse.Namespace, meta: CheckpointMeta) -> list[Pair]:
     return [Pair(rgb, x)]
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that is a file or cannot be written, before the model loads: make it
+    (with its parents) and create and remove a private staging folder in it."""
+    if out.exists() and not out.is_dir():
+        raise PredictionError(f"--out {out} is a file, not a folder: give a folder for outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging_dir(out, "write-test"))
+    except OSError as err:
+        raise PredictionError(
+            f"--out {out} cannot be written ({err.strerror or err}): give a folder you can "
+            "write to (on a disk with room for the outputs)"
+        ) from err
+
+
 def _names(options: PredictOptions) -> list[str]:
     names = ["{stem}_classes.tif"]
     names += ["{stem}_probs.tif"] if options.probs else []
@@ -111,55 +144,150 @@ def _names(options: PredictOptions) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary files are removed and no
-    # output is left under its final name; rerunning completes the job.
+    # output is left half-written under its final name; rerunning completes the job.
     signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C too, also when a shell started it in the background (with SIGINT ignored, so
     # Python installed no KeyboardInterrupt handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
     show_messages()
-    keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     options = PredictOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
         probs=args.probs, confidence=args.confidence, cog=args.cog, vector=args.vector,
         align=args.align, min_area=args.min_area, simplify=args.simplify, device=args.device,
         precision=args.precision, fp32_stages=args.fp32_stages, flip=args.flip,
-        readers=args.readers, progress=not args.no_progress and sys.stderr.isatty(),
+        readers=args.readers, progress=not args.no_progress
+        and (sys.stderr.isatty() or os.environ.get("RSFUSION_PROGRESS") == "1"),
         progress_position=int(os.environ.get("LOCAL_RANK", "0")),
     )  # fmt: skip
     out = Path(args.out)
     tag = f"rank {rank}/{world}: " if world > 1 else ""
+    run = _Run()
     try:
+        # everything the command line alone decides is checked before the model loads
+        options.check()
+        if args.memory_mb < 1:
+            raise PredictionError(f"--memory-mb {args.memory_mb}: must be at least 1")
+        os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
+        check_out_dir(out)
+        resolve_device(args.device)
+        keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
         model, meta = load_predictor(args.ckpt, args.dataset, args.modality)
+        if isinstance(model, OnnxModel):  # ONNX Runtime: CPU, float32
+            options = onnx_options(options, args.ckpt)
+        window = int(meta.window) if options.window is None else options.window
+        overlap = window // 4 if options.overlap is None else options.overlap
+        if window < 1:
+            raise PredictionError(f"checkpoint {args.ckpt}: window {window}; give --window")
+        if not 0 <= overlap < window:
+            raise PredictionError(f"--overlap {overlap}: must lie in [0, window={window})")
+        bands, k = len(meta.rgb_bands) + len(meta.x_bands), len(meta.classes)
+        check_memory(  # the window's share, whatever the rasters (they are checked one by one)
+            options.memory(window, window, window, overlap, bands, k),
+            f"a window of {window} px (batch {options.batch_size}, {k} classes)",
+            "use a smaller --window or --batch-size",
+        )
         runner = options.runner(model)
-        mine = shard(collect_pairs(args, meta), rank, world)
+        check_device_memory(runner, window, bands, k, options.batch_size)
+        pairs = collect_pairs(args, meta)
+        check_unique_outputs(pairs)  # all of them: every rank refuses the same run
+        remove_stale_partials(out)  # what killed runs left; a live run's files stay
+        mine = shard(pairs, rank, world)
         print(f"{tag}{len(mine)} pair(s), {runner.describe()}", file=sys.stderr)
         for pair in mine:
-            stem = pair.rgb.stem
-            if not args.redo and outputs_done(out, stem, _names(options)):
-                print(f"{tag}{stem}: outputs complete, skipped", file=sys.stderr)
-                continue
-            if out.is_dir():
-                remove_stale_partials(out, stem)
-            start = time.perf_counter()
-            written = predict_pair(runner, meta, pair.rgb, pair.x, out, options)
-            seconds = time.perf_counter() - start
-            for name, path in written.items():
-                print(f"{name}: {path}")
-            with rasterio.open(written["classes"]) as done:
-                mpix = done.width * done.height / 1e6
-            print(f"{tag}{stem}: {mpix:.1f} MPix in {seconds:.1f} s, {mpix / seconds:.2f} MPix/s",
-                  file=sys.stderr)  # fmt: skip
+            run.predict(pair, out, runner, meta, options, args.redo, tag, len(mine) > 1)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "interrupted: nothing was left under a final name; rerun to complete", file=sys.stderr
-        )
+        print(f"interrupted: {run.describe_interruption()}; rerun to complete", file=sys.stderr)
         return 130
+    if run.failed:
+        listed = "; ".join(f"{pair.rgb}" for pair, _ in run.failed)
+        print(
+            f"error: {len(run.failed)} of {len(mine)} pair(s) failed (each reported above): "
+            f"{listed}. Fix or remove them and rerun: the pairs that are complete are skipped",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+class _Run:
+    """A folder run's progress: the pair being predicted, what of it landed, what failed."""
+
+    def __init__(self) -> None:
+        self.current: Pair | None = None
+        self.expected: list[str] = []
+        self.landed: dict[str, Path] = {}
+        self.done = 0
+        self.failed: list[tuple[Pair, UserError | FileNotFoundError]] = []
+
+    def predict(
+        self,
+        pair: Pair,
+        out: Path,
+        runner: object,
+        meta: CheckpointMeta,
+        options: PredictOptions,
+        redo: bool,
+        tag: str,
+        keep_going: bool,
+    ) -> None:
+        """Predict one pair (skipped when complete). With ``keep_going`` a bad input is
+        reported and recorded; an output that cannot be written (disk full) stops the run."""
+        stem = output_stem(pair.rgb)
+        names = [n.format(stem=stem) for n in _names(options)]
+        if not redo and outputs_done(out, stem, _names(options)):
+            print(f"{tag}{stem}: outputs complete, skipped", file=sys.stderr)
+            return
+        self.current, self.expected, self.landed = pair, names, {}
+        start = time.perf_counter()
+        try:
+            written = predict_pair(
+                runner, meta, pair.rgb, pair.x, out, options, stem=stem, landed=self.landed
+            )  # type: ignore[arg-type]
+        except USER_ERRORS as err:
+            if not keep_going or getattr(err, "output", None) is not None:
+                raise  # one pair, or an output the next pair would fail to write as well
+            print(f"{tag}{stem}: failed, going on with the others: {err}", file=sys.stderr)
+            self.failed.append((pair, err))
+            self.current = None
+            return
+        seconds = time.perf_counter() - start
+        self.current = None
+        self.done += 1
+        for name, path in written.items():
+            print(f"{name}: {path}")
+        mpix = self._mpix(written["classes"])
+        print(f"{tag}{stem}: {mpix:.1f} MPix in {seconds:.1f} s, {mpix / seconds:.2f} MPix/s",
+              file=sys.stderr)  # fmt: skip
+
+    @staticmethod
+    def _mpix(path: Path) -> float:
+        import rasterio
+
+        with rasterio.open(path) as done:
+            return done.width * done.height / 1e6
+
+    def describe_interruption(self) -> str:
+        """What an interruption left: complete outputs under final names, and the rest."""
+        parts = [f"the {self.done} pair(s) finished before are complete"] if self.done else []
+        if self.current is not None:
+            done = [p.name for p in self.landed.values()]
+            missing = [n for n in self.expected if n not in done]
+            if done:
+                parts.append(
+                    f"of {self.current.rgb}, {', '.join(done)} are complete under their final "
+                    f"names and {', '.join(missing)} was not written (no half-written file is "
+                    "left under a final name)"
+                )
+            else:
+                parts.append(
+                    f"of {self.current.rgb} nothing was left under a final name "
+                    f"({', '.join(missing)} not written)"
+                )
+        return "; ".join(parts) or "nothing was written"
 
 
 if __name__ == "__main__":

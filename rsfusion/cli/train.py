@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from rsfusion.allocator import keep_freed_memory
-from rsfusion.cli import USER_ERRORS, show_messages
+from rsfusion.cli import USER_ERRORS, check_out_folder, make_folder, show_messages
 from rsfusion.config import ConfigError, ExperimentConfig, load_config, save_config
 from rsfusion.data.tiles import TileError, find_tiles
+from rsfusion.errors import NonFiniteError
 from rsfusion.models.base import ModelSpec, count_parameters
 from rsfusion.models.checkpoint import CheckpointMeta, read_checkpoint
+
+#: a checkpoint as :func:`read_checkpoint` returns it: (the saved dict, its metadata)
+Loaded = tuple[dict[str, Any], CheckpointMeta]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +92,8 @@ def dry_run(cfg: ExperimentConfig) -> int:
 
 
 def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
-    """The run's folder; DDP ranks started by Lightning inherit rank 0's via RSFUSION_RUN_DIR."""
+    """The run's folder, checked but not yet made (:func:`check_out_folder`); DDP ranks
+    started by Lightning inherit rank 0's via RSFUSION_RUN_DIR."""
     inherited = os.environ.get("RSFUSION_RUN_DIR")
     if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(inherited)
@@ -101,9 +106,25 @@ def run_folder(cfg: ExperimentConfig, out: str | None) -> Path:
         while folder.exists():
             folder = Path.cwd() / "runs" / cfg.name / f"{stamp}-{n}"
             n += 1
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["RSFUSION_RUN_DIR"] = str(folder)
+    check_out_folder(folder, "--out" if out else "run folder")
     return folder
+
+
+def check_devices(trainer: dict[str, Any]) -> None:
+    """Refuse, before anything is built, a GPU accelerator on a machine without one."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU on this machine: "
+            "set trainer.accelerator=cpu (or auto), or run where a GPU is visible"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps, but this machine has no Apple GPU: set "
+            "trainer.accelerator=cpu (or auto)"
+        )
 
 
 def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
@@ -115,14 +136,15 @@ def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return dm, SegmentationTask.from_config(cfg, dm)
 
 
-def init_from(task: Any, path: str) -> int:
-    """Load the trainable weights of checkpoint ``path`` into ``task``'s model (a new run:
-    optimiser and schedule start afresh); returns how many tensors were loaded."""
+def init_from(task: Any, path: str, checkpoint: Loaded | None = None) -> int:
+    """Load the trainable weights of checkpoint ``path`` (``checkpoint``: already read) into
+    ``task``'s model (a new run: optimiser and schedule start afresh); returns how many tensors
+    were loaded."""
     from rsfusion.errors import CheckpointMismatchError
     from rsfusion.models.checkpoint import check_frozen
     from rsfusion.models.engine import migrate_state_dict
 
-    saved, old = read_checkpoint(path, "--init-from")
+    saved, old = checkpoint or read_checkpoint(path, "--init-from")
     source = f"--init-from {path}"
     new = CheckpointMeta.from_dict(task.hparams.meta, "config")
     if old.spec.name != new.spec.name or old.spec.num_classes != new.spec.num_classes:
@@ -145,26 +167,16 @@ def init_from(task: Any, path: str) -> int:
     return len(state)
 
 
-def train(
-    cfg: ExperimentConfig, folder: Path, resume: str | None = None, init: str | None = None
-) -> Path:
-    """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch)."""
+def make_trainer(cfg: ExperimentConfig, folder: Path) -> Any:
+    """The ``lightning.Trainer`` of a config, writing under ``folder`` (nothing is written
+    yet); trainer settings Lightning refuses become a :class:`ConfigError`."""
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from rsfusion.models.backbones.weights import tensors_digest
     from rsfusion.training.checkpoints import LastCheckpoint
 
-    L.seed_everything(cfg.seed, workers=True)
-    save_config(cfg, folder / "config.yaml")
-    dm, task = build_task(cfg)
-    meta = task.hparams.meta
-    if resume:
-        _, old = read_checkpoint(resume, "--resume")
-        old.check_fits(CheckpointMeta.from_dict(meta, "config"), f"--resume {resume}")
-    if init:
-        print(f"initialised from {init}: {init_from(task, init)} tensors")
     ckpt_dir = folder / "checkpoints"
     callbacks: list[Any] = [
         ModelCheckpoint(
@@ -187,9 +199,55 @@ def train(
         "deterministic": False,
         **cfg.trainer,
     }
-    trainer = L.Trainer(**trainer_args)
-    trainer.fit(task, datamodule=dm, ckpt_path=resume)
-    last = ckpt_dir / "last.ckpt"
+    try:
+        return L.Trainer(**trainer_args)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as err:
+        # built from the trainer section alone: what Lightning refuses is a setting there
+        settings = ", ".join(f"trainer.{k}={v}" for k, v in cfg.trainer.items()) or "defaults"
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"Lightning refuses the trainer settings ({settings}): {reason}"
+        ) from None
+
+
+def train(
+    cfg: ExperimentConfig,
+    folder: Path,
+    resume: str | None = None,
+    init: str | None = None,
+    checkpoint: Loaded | None = None,
+) -> Path:
+    """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch).
+
+    ``checkpoint``: the ``--resume`` / ``--init-from`` file, already read (else read here).
+    The config is written to ``folder`` once the model and data are built; a loss or weights
+    turning NaN/inf stop training (:class:`NonFiniteError`) with ``last.ckpt`` left finite.
+    """
+    import lightning as L
+
+    from rsfusion.models.backbones.weights import tensors_digest
+
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = make_trainer(cfg, folder)
+    dm, task = build_task(cfg)
+    meta = task.hparams.meta
+    if resume:
+        _, old = checkpoint or read_checkpoint(resume, "--resume")
+        old.check_fits(CheckpointMeta.from_dict(meta, "config"), f"--resume {resume}")
+    if init:
+        print(f"initialised from {init}: {init_from(task, init, checkpoint)} tensors")
+    save_config(cfg, folder / "config.yaml")
+    last = folder / "checkpoints" / "last.ckpt"
+    try:
+        # the file was read as data above; Lightning reads it as data too (weights_only)
+        trainer.fit(task, datamodule=dm, ckpt_path=resume, weights_only=True)
+    except NonFiniteError as err:
+        kept = (
+            f"the last finite checkpoint is {last}"
+            if last.is_file()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteError(f"{err}; {kept}") from None
     # parameters only: DDP ranks agree on them; BN running statistics stay rank-local
     digest = tensors_digest(dict(task.model.named_parameters()))
     # one write with its newline: the ranks share stdout, and print() may write the text and
@@ -199,27 +257,59 @@ def train(
     return last
 
 
+def first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (folder, *folder.absolute().parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders if no file was written in them (a refused run)."""
+    if not folder.is_dir() or any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return
+    for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    folder.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", "64")
     show_messages()
     keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
+    made: Path | None = None  # the outermost folder this run made
     try:
         cfg = load_config(args.cfg, args.set)
         if args.dry_run:
             return dry_run(cfg)
+        # refused before anything is built or written: options, devices, folder, checkpoint
+        if args.resume and args.init_from:
+            raise ConfigError("--resume and --init-from exclude each other: pick one")
+        check_devices(cfg.trainer)
         folder = run_folder(cfg, args.out)
+        checkpoint: Loaded | None = None
+        if args.resume:  # only its metadata is needed here; Lightning reads it again
+            checkpoint = ({}, read_checkpoint(args.resume, "--resume")[1])
+        elif args.init_from:
+            checkpoint = read_checkpoint(args.init_from, "--init-from")
+        made = first_missing(folder)
+        make_folder(folder, "--out" if args.out else "run folder")
+        os.environ["RSFUSION_RUN_DIR"] = str(folder)
         print(f"run folder: {folder}")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # frozen backbones stay in eval mode on purpose (Backbone.train)
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-            if args.resume and args.init_from:
-                raise ConfigError("--resume and --init-from exclude each other: pick one")
-            last = train(cfg, folder, args.resume, args.init_from)
+            last = train(cfg, folder, args.resume, args.init_from, checkpoint)
         print(f"last checkpoint: {last}")
         return 0
     except USER_ERRORS as err:
+        if made is not None:
+            remove_if_empty(made)  # a refused run leaves no empty run folder behind
         print(f"error: {err}", file=sys.stderr)
         return 2
 

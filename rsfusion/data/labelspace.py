@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rsfusion.errors import UnknownNameError
 from rsfusion.paths import catalog_dir
-from rsfusion.yamlio import load_yaml
+from rsfusion.yamlio import read_yaml
 
 _INVALID = -1  # LUT entry of an id that is neither a class nor the ignore index
 
@@ -141,7 +141,7 @@ class UnifiedLabelSpace:
     def load(cls, path: str | Path | None = None) -> UnifiedLabelSpace:
         """Read a label-space YAML; default: the shipped ``label_spaces/unified.yaml``."""
         path = Path(path) if path is not None else default_path()
-        return cls.from_dict(load_yaml(path.read_text()), source=str(path))
+        return cls.from_dict(read_yaml(path, "label space"), source=str(path))
 
     @property
     def classes(self) -> list[str]:

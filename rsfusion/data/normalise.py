@@ -4,7 +4,8 @@ Every mode is a per-raster affine map ``(v - offset) / scale`` applied when a ra
 window that straddles two rasters is normalised by each raster's own statistics:
 
 * ``raster_minmax`` (MoBaNet): min and max of the whole raster, computed once by a streamed pass
-  over its blocks (never a full read), nodata and NaN excluded;
+  over windows of at most :data:`READ_PIXELS` pixels whatever the file's block layout (never a
+  full read), nodata, NaN and +-inf excluded;
 * ``dataset``: mean and standard deviation over all training rasters, streamed the same way;
 * ``scale``: a fixed divisor from the config (e.g. 255 for Potsdam's 8-bit nDSM JPEGs).
 """
@@ -18,6 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioError
+
+from rsfusion.data.windows import bounded_windows
+from rsfusion.errors import SampleFormatError
+
+#: Pixels read at once by the statistics pass (as float64: 32 MiB, plus a mask)
+READ_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,8 @@ class RasterStats:
 
 
 def _file_key(source: str) -> tuple[str, float, int]:
-    path = source.split("?")[0].removeprefix("vrt://")
+    # a GDAL "vrt://path?options" string ends its path at the first "?"; a plain path is whole
+    path = source.removeprefix("vrt://").split("?")[0] if source.startswith("vrt://") else source
     try:
         st = os.stat(path)
         return source, st.st_mtime, st.st_size
@@ -50,8 +59,21 @@ def _file_key(source: str) -> tuple[str, float, int]:
 
 
 def raster_stats(source: str) -> RasterStats:
-    """Statistics of a raster's first band, read block by block (cached per file version)."""
-    return _raster_stats_cached(*_file_key(source))
+    """Statistics of a raster's first band, read by bounded windows (cached per file version).
+
+    Raises:
+        SampleFormatError: the raster cannot be read (corrupt, truncated, not a raster) or has
+            no valid pixel; the message names it.
+    """
+    str_source = str(source)
+    try:
+        return _raster_stats_cached(*_file_key(str_source))
+    except RasterioError as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        raise SampleFormatError(
+            f"cannot read raster {str_source}: {err}{cause}. The file is corrupt, truncated or "
+            "not a raster GDAL can read; copy or export it again"
+        ) from err
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,9 +81,9 @@ def _raster_stats_cached(source: str, mtime: float, size: int) -> RasterStats:
     count, lo, hi, total, total_sq = 0, np.inf, -np.inf, 0.0, 0.0
     with rasterio.open(source) as src:
         nodata = src.nodata
-        for _, window in src.block_windows(1):
+        for window in bounded_windows(src.height, src.width, src.block_shapes[0], READ_PIXELS):
             block = src.read(1, window=window, masked=False).astype(np.float64)
-            valid = np.isfinite(block)
+            valid = np.isfinite(block)  # NaN and +-inf are unknown values, like nodata
             if nodata is not None:
                 valid &= block != nodata
             values = block[valid]
@@ -73,7 +95,10 @@ def _raster_stats_cached(source: str, mtime: float, size: int) -> RasterStats:
             total += float(values.sum())
             total_sq += float(np.square(values).sum())
     if count == 0:
-        raise ValueError(f"raster {source} has no valid pixel (all nodata or NaN)")
+        raise SampleFormatError(
+            f"raster {source} has no valid pixel (all nodata, NaN or infinite): give an X raster "
+            "with data, or set its nodata value right"
+        )
     return RasterStats(count, lo, hi, total, total_sq)
 
 

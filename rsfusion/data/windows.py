@@ -5,13 +5,23 @@ nothing for a tile smaller than the window), :func:`plan_windows` pulls the last
 axis back inside so it ends flush with the raster edge, and still gives one window for a raster
 smaller than the window.
 
+:func:`window_grid` gives the same plan as a lazy sequence whose memory is that of its row and
+column offsets, so a raster that merely *declares* a huge size (a tiny VRT of 10^6 x 10^6 pixels)
+does not become a list of 10^8 windows; :func:`bounded_windows` splits a raster into reads of at
+most a given number of pixels whatever its block layout (a single-strip file is one block).
+
 Example:
     >>> [(w.row_off, w.col_off) for w in plan_windows(5, 7, window=4, stride=3)]
     [(0, 0), (0, 3), (1, 0), (1, 3)]
+    >>> grid = window_grid(10**6, 10**6, window=512, stride=384)
+    >>> len(grid), grid[-1].row_off, grid[-1].col_off
+    (6780816, 999488, 999488)
 """
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar, overload
 
 from rasterio.windows import Window
 
@@ -49,6 +59,65 @@ def axis_offsets(size: int, window: int, stride: int) -> list[int]:
     return offsets
 
 
+class WindowGrid(Sequence[Window]):
+    """The windows of :func:`plan_windows` as a lazy, indexable sequence (row-major).
+
+    Holds only the row and column offsets; ``grid[i]`` and iteration build windows on demand.
+    """
+
+    def __init__(self, rows: list[int], cols: list[int], win_h: int, win_w: int) -> None:
+        self.rows, self.cols, self.win_h, self.win_w = rows, cols, win_h, win_w
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @overload
+    def __getitem__(self, index: int) -> Window: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Window]: ...
+
+    def __getitem__(self, index: int | slice) -> Window | list[Window]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"window {index} outside a plan of {n}")
+        row, col = divmod(i, len(self.cols))
+        return Window(self.cols[col], self.rows[row], self.win_w, self.win_h)
+
+    def __iter__(self) -> Iterator[Window]:
+        for row in self.rows:
+            for col in self.cols:
+                yield Window(col, row, self.win_w, self.win_h)
+
+
+def window_grid(
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+) -> WindowGrid:
+    """:func:`plan_windows` as a lazy :class:`WindowGrid` (same windows, same order, same
+    checks); its memory grows with the number of window rows and columns, not their product."""
+    if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
+        raise ValueError(
+            f"raster size must be positive ints, got height={height!r}, width={width!r}"
+        )
+    win_h, win_w = _pair(window, "window")
+    stride_h, stride_w = (win_h, win_w) if stride is None else _pair(stride, "stride")
+    if stride_h > win_h or stride_w > win_w:
+        raise ValueError(
+            f"stride {(stride_h, stride_w)} is larger than window {(win_h, win_w)} on at least one "
+            "axis, so pixels between windows would be skipped; use a stride <= the window "
+            f"(e.g. stride={(min(stride_h, win_h), min(stride_w, win_w))})"
+        )
+    rows = axis_offsets(height, win_h, stride_h)
+    cols = axis_offsets(width, win_w, stride_w)
+    return WindowGrid(rows, cols, win_h, win_w)
+
+
 def plan_windows(
     height: int,
     width: int,
@@ -77,21 +146,41 @@ def plan_windows(
     Raises:
         ValueError: On a non-positive size, window or stride, or a stride larger than the window.
     """
-    if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
-        raise ValueError(
-            f"raster size must be positive ints, got height={height!r}, width={width!r}"
-        )
-    win_h, win_w = _pair(window, "window")
-    stride_h, stride_w = (win_h, win_w) if stride is None else _pair(stride, "stride")
-    if stride_h > win_h or stride_w > win_w:
-        raise ValueError(
-            f"stride {(stride_h, stride_w)} is larger than window {(win_h, win_w)} on at least one "
-            "axis, so pixels between windows would be skipped; use a stride <= the window "
-            f"(e.g. stride={(min(stride_h, win_h), min(stride_w, win_w))})"
-        )
-    rows = axis_offsets(height, win_h, stride_h)
-    cols = axis_offsets(width, win_w, stride_w)
-    return [Window(col, row, win_w, win_h) for row in rows for col in cols]
+    return list(window_grid(height, width, window, stride))
+
+
+def bounded_windows(
+    height: int, width: int, block: tuple[int, int], max_pixels: int
+) -> Iterator[Window]:
+    """Windows tiling a raster row-major, each of at most ``max_pixels`` pixels.
+
+    Reads follow the file's block layout where they can (whole block rows across the width,
+    whole blocks across a too-wide raster), and are cut smaller where one block alone is over
+    the budget (a single-strip file declares the whole raster as one block).
+
+    Args:
+        height: Raster height in pixels.
+        width: Raster width in pixels.
+        block: The file's ``(rows, cols)`` block shape (rasterio's ``block_shapes[0]``).
+        max_pixels: Pixels per window at most (> 0).
+
+    Example:
+        >>> [tuple(map(int, w.flatten())) for w in bounded_windows(5, 4, (5, 4), 8)]
+        [(0, 0, 4, 2), (0, 2, 4, 2), (0, 4, 4, 1)]
+    """
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be > 0, got {max_pixels}")
+    block_h, block_w = max(1, int(block[0])), max(1, int(block[1]))
+    if width <= max_pixels:
+        cols = width
+    else:  # whole blocks across when one fits, else any width within the budget
+        cols = block_w * (max_pixels // block_w) if block_w <= max_pixels else max_pixels
+    rows = max(1, max_pixels // cols)
+    if rows >= block_h:
+        rows -= rows % block_h
+    for row in range(0, height, rows):
+        for col in range(0, width, cols):
+            yield Window(col, row, min(cols, width - col), min(rows, height - row))
 
 
 def window_padding(win: Window, height: int, width: int) -> tuple[int, int]:

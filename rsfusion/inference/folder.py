@@ -6,6 +6,9 @@ are matched on the fields they share; files outside the card's naming pair by id
 stem. A CSV with ``rgb,x`` columns (relative paths are resolved against the CSV's folder) gives
 pairs explicitly. Under ``torchrun`` every rank takes every WORLD_SIZE-th pair of the sorted list
 and writes its own files: no communication, no shared output.
+
+Outputs are named after the whole RGB file name (:func:`output_stem`), and a run in which two
+inputs would write one output is refused before any work (:func:`check_unique_outputs`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import csv
 import os
 import re
 import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rsfusion.catalog import load_card
+from rsfusion.data.writers import remove_stale_staging
 from rsfusion.errors import PairingError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
@@ -100,8 +105,13 @@ def pair_folders(
 
 def read_pairs_csv(path: Path) -> list[Pair]:
     """Pairs from a CSV with columns ``rgb`` and ``x`` (``x`` may be empty)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise PairingError(f"pairs file {path} cannot be read as a CSV text file: {err}") from err
     if not rows or "rgb" not in rows[0]:
         raise PairingError(f"pairs file {path}: needs a header row with columns rgb,x")
     pairs = []
@@ -126,30 +136,49 @@ def shard(pairs: list[Pair], rank: int | None = None, world: int | None = None) 
     return ordered[rank::world]
 
 
+def output_stem(source: str | Path) -> str:
+    """The stem outputs of a raster are named with: its file name without the last extension.
+
+    The name is taken whole: a ``?``, ``[`` or any other character in the folder or file name
+    is kept. Only a GDAL ``vrt://path?options`` string ends its path at the first ``?`` (as
+    GDAL reads it).
+
+    Example:
+        >>> output_stem("/data/d?q/tile 1?.tif"), output_stem("vrt:///data/a.tif?a_srs=EPSG:2056")
+        ('tile 1?', 'a')
+    """
+    text = str(source)
+    if text.startswith("vrt://"):
+        text = text.removeprefix("vrt://").split("?")[0]
+    return Path(text).stem
+
+
+def check_unique_outputs(pairs: Iterable[Pair], stem: Callable[[Path], str] = output_stem) -> None:
+    """Refuse pairs of which two would write the same outputs (equal stems), naming both."""
+    seen: dict[str, Pair] = {}
+    for pair in pairs:
+        key = stem(pair.rgb)
+        if key in seen:
+            first = seen[key].rgb
+            same = "is listed twice" if first == pair.rgb else f"and {pair.rgb} would both write"
+            raise PairingError(
+                f"inputs {first} {same} the outputs {key}_classes.tif etc. (outputs are named "
+                "after the RGB file's name without its extension): rename one of them, or "
+                "predict them in separate runs with different --out folders"
+            )
+        seen[key] = pair
+
+
 def outputs_done(out_dir: Path, stem: str, names: list[str]) -> bool:
     """Every output of a pair exists under its final name (written atomically, so complete)."""
     return all((out_dir / n.format(stem=stem)).is_file() for n in names)
 
 
-def remove_stale_partials(out_dir: Path, stem: str) -> list[Path]:
-    """Remove temporary files a hard-killed earlier run left for this stem (dead process ids)."""
-    removed = []
-    for p in [*out_dir.glob(f".{stem}_*"), *out_dir.glob(f"..{stem}_*")]:
-        m = re.search(r"\.(\d+)\.partial$", p.name)
-        dead = m is not None and not _alive(int(m.group(1)))
-        if dead or p.name.endswith(".tiled.tif"):  # a COG's staging file is rewritten anyway
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+def remove_stale_partials(out_dir: Path) -> list[Path]:
+    """Remove the temporary files and staging folders that killed runs left in ``out_dir``.
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    Only those of processes of this machine that no longer run are removed: a concurrent run's
+    (another shard, another rank) and this process's are kept
+    (:func:`rsfusion.data.writers.remove_stale_staging`).
+    """
+    return remove_stale_staging(out_dir)

@@ -8,11 +8,17 @@ multi-scale test-time augmentation), and their logits blended with a smooth weig
 summed: ``blend="sum"``, the ISPRS protocol) into a row-band accumulator whose memory does not
 grow with the raster; completed rows are written to tiled GeoTIFFs under temporary names and
 renamed when complete.
+
+Hostile or broken inputs end in a :class:`~rsfusion.errors.PredictionError` naming the file:
+a raster GDAL cannot read, a raster or window too large for the memory there is (checked before
+any work, :mod:`rsfusion.inference.memory`; the window plan itself is lazy), a disk that fills
+up. Temporaries live in private staging folders (:func:`rsfusion.data.writers.staging_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +30,30 @@ import torch
 from rasterio.windows import Window
 
 from rsfusion.data.normalise import XNorm
-from rsfusion.data.windows import batched, plan_windows
+from rsfusion.data.windows import batched, window_grid
+from rsfusion.data.writers import staging_dir
 from rsfusion.errors import PredictionError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
-from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, has_mask
+from rsfusion.inference.folder import output_stem
+from rsfusion.inference.memory import check_memory, prediction_memory
+from rsfusion.inference.reader import (
+    InputNorm,
+    PairSpec,
+    WindowReader,
+    has_mask,
+    open_raster,
+    read_error,
+)
 from rsfusion.inference.runner import ModelRunner
-from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
+from rsfusion.inference.writer import (
+    WRITE_ERRORS,
+    StreamingGeoTIFF,
+    class_dtype,
+    to_cog,
+    write_error,
+)
 from rsfusion.models.base import build_model
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 from rsfusion.models.engine import migrate_state_dict
@@ -64,6 +86,41 @@ class PredictOptions:
     progress: bool = False
     progress_position: int = 0
 
+    def check(self) -> None:
+        """Refuse values that cannot work (named as the command-line options), before any work.
+
+        Raises:
+            PredictionError: a window or batch size below 1, a negative overlap, ...
+        """
+        positive = {"--window": self.window, "--batch-size": self.batch_size}
+        positive |= {"--prefetch": self.prefetch}
+        for flag, value in positive.items():
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise PredictionError(
+                    f"{flag} {value}: must be at least 1"
+                    + (" (leave --window out to use the checkpoint's training window)"
+                       if flag == "--window" else "")
+                )  # fmt: skip
+        not_negative = {"--overlap": self.overlap, "--readers": self.readers}
+        not_negative |= {"--min-area": self.min_area, "--simplify": self.simplify}
+        not_negative |= {"--fp32-stages": self.fp32_stages}
+        for flag, value in not_negative.items():
+            if value is not None and not value >= 0:  # NaN too
+                raise PredictionError(f"{flag} {value}: must be 0 or more")
+        if self.blend not in ("cosine", "linear", "none", "sum"):
+            raise PredictionError(f"--blend {self.blend}: use cosine, linear, none or sum")
+
+    def memory(
+        self, width: int, height: int, window: int, overlap: int, bands: int, classes: int
+    ) -> dict[str, int]:
+        """:func:`~rsfusion.inference.memory.prediction_memory` of a raster with these options."""
+        return prediction_memory(
+            width=width, height=height, window=window, stride=window - overlap,
+            batch=self.batch_size, bands=bands, classes=classes,
+            output_bytes=1 + classes * self.probs + self.confidence,
+            prefetch=max(1, self.prefetch or 2 * self.readers),
+        )  # fmt: skip
+
     def runner(self, model: torch.nn.Module) -> ModelRunner:
         """The :class:`ModelRunner` these options describe."""
         return ModelRunner(
@@ -85,6 +142,10 @@ def load_predictor(
     from rsfusion.inference.joint import dataset_view
 
     path = Path(ckpt_path)
+    if path.suffix.lower() == ".onnx":  # exported by scripts/export.py: run by ONNX Runtime
+        from rsfusion.deploy.onnx import load_onnx_predictor
+
+        return load_onnx_predictor(path, dataset, modality)
     saved, meta = read_checkpoint(path, "checkpoint")
     model = build_model(meta.spec)  # the backbone seeded as in training
     check_frozen(meta, model, f"checkpoint {path}")
@@ -112,7 +173,7 @@ def open_inputs(
     Yields the open RGB dataset and the grid X must be warped onto (``None`` when X already
     shares the RGB grid or there is no X). A misaligned X is refused unless ``align``.
     """
-    with rasterio.open(rgb) as src:
+    with open_raster(rgb, "orthophoto") as src:
         if src.count != len(meta.rgb_bands):
             raise PredictionError(
                 f"orthophoto {rgb} has {src.count} bands, the checkpoint was trained on "
@@ -123,7 +184,7 @@ def open_inputs(
         if x is None:
             yield src, None
             return
-        with rasterio.open(x) as xsrc:
+        with open_raster(x, "X raster") as xsrc:
             if xsrc.count != len(meta.x_bands):
                 raise PredictionError(
                     f"X raster {x} has {xsrc.count} bands, the checkpoint expects {meta.x_bands}"
@@ -163,32 +224,51 @@ def predict_pair(
     out_dir: str | Path,
     options: PredictOptions | None = None,
     stem: str | None = None,
+    landed: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Predict one raster pair; returns the paths written (classes, probs, confidence, ...).
 
     ``model`` is a model (wrapped in the runner ``options`` describe) or a ready
     :class:`ModelRunner` (folder runs reuse one). ``rgb`` and ``x`` are paths or GDAL dataset
     strings (``vrt://...``); outputs are named ``<stem>_classes.tif`` etc. (default stem: the
-    RGB file's).
+    RGB file's name without its extension, :func:`~rsfusion.inference.folder.output_stem`).
+    ``landed``, when given, receives each output as it lands complete under its final name, so
+    that an interrupted call tells what it finished.
+
+    Raises:
+        PredictionError: options, inputs or memory unfit (before any work), a raster that
+            cannot be read, an output that cannot be written (``.output`` names it).
     """
     opts = options or PredictOptions()
+    opts.check()
     runner = model if isinstance(model, ModelRunner) else opts.runner(model)
     out_dir = Path(out_dir)
-    stem = stem or Path(str(rgb).split("?")[0]).stem
-    out_dir.mkdir(parents=True, exist_ok=True)
-    window = opts.window or int(meta.window)
+    stem = stem or output_stem(rgb)
+    window = int(meta.window) if opts.window is None else opts.window
     overlap = window // 4 if opts.overlap is None else opts.overlap
+    if window < 1:
+        raise PredictionError(f"window {window} (the checkpoint's data.window): give --window")
     if not 0 <= overlap < window:
         raise PredictionError(f"overlap {overlap} must lie in [0, window={window})")
     classes, palette = meta.classes, meta.palette
     k = len(classes)
-    written: dict[str, Path] = {}
+    landed = {} if landed is None else landed
     with open_inputs(rgb, x, meta, opts.align) as (src, x_grid):
         h, w = src.height, src.width
-        wins = plan_windows(h, w, window, window - overlap)
-        batches = list(batched(wins, opts.batch_size))
+        bands = src.count + len(meta.x_bands)
+        check_memory(
+            opts.memory(w, h, window, overlap, bands, k),
+            f"predicting {rgb} ({w} x {h} px, window {window}, batch {opts.batch_size}, "
+            f"{k} classes)",
+            "use a smaller --window or --batch-size (or fewer --readers), or cut the raster "
+            "into pieces (e.g. gdal_translate -srcwin) and predict those",
+        )
+        check_device_memory(runner, window, bands, k, opts.batch_size)
+        wins = window_grid(h, w, window, window - overlap)  # lazy: rows and columns only
         spec = pair_spec(meta, rgb, x, x_grid)
-        reader = WindowReader(spec, batches, window, opts.readers, opts.prefetch)
+        reader = WindowReader(
+            spec, batched(wins, opts.batch_size), window, opts.readers, opts.prefetch
+        )
         base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
         acc = RowBandAccumulator(h, w, k, window)
         dtype = class_dtype(k)
@@ -199,57 +279,128 @@ def predict_pair(
             outputs["probs"] = (k, "uint8", None)
         if opts.confidence:
             outputs["confidence"] = (1, "uint8", None)
-        with contextlib.ExitStack() as stack:
-            writers = {
-                name: stack.enter_context(
-                    StreamingGeoTIFF(
-                        _staging(out_dir, stem, name, opts.cog), profile, count, dt, nodata=nd,
-                        colormap=(
-                            {i: tuple(c) for i, c in enumerate(palette)} if name == "classes"
-                            else None
-                        ),
-                        class_names=classes,
-                        band_descriptions=classes if name == "probs" else None,
+        finals = {name: out_dir / f"{stem}_{name}.tif" for name in outputs}
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # a COG is copied from a finished tiled GeoTIFF: that one lives in a private folder
+            staging = staging_dir(out_dir, stem) if opts.cog else None
+        except WRITE_ERRORS as err:
+            raise write_error(out_dir, err) from err
+        streamed = {
+            name: (staging / path.name if staging is not None else path)
+            for name, path in finals.items()
+        }
+        try:
+            with contextlib.ExitStack() as stack:
+                writers = {
+                    name: stack.enter_context(
+                        StreamingGeoTIFF(
+                            streamed[name], profile, count, dt, nodata=nd,
+                            colormap=(
+                                {i: tuple(c) for i, c in enumerate(palette)} if name == "classes"
+                                else None
+                            ),
+                            class_names=classes,
+                            band_descriptions=classes if name == "probs" else None,
+                        )
                     )
-                )
-                for name, (count, dt, nd) in outputs.items()
-            }  # fmt: skip
-            bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
-            weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
-            masks = src if has_mask(src) else None  # else every pixel is valid
+                    for name, (count, dt, nd) in outputs.items()
+                }  # fmt: skip
+                bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
+                weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
+                masks = src if has_mask(src) else None  # else every pixel is valid
 
-            def blend_and_write(item: tuple[Sequence[Window], np.ndarray, int]) -> None:
-                batch, logits, next_row = item
-                for wn, lg in zip(batch, logits):
-                    acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
-                _write_rows(acc.flush(next_row), writers, masks, nodata)
+                def blend_and_write(item: tuple[Sequence[Window], np.ndarray, int]) -> None:
+                    batch, logits, next_row = item
+                    for wn, lg in zip(batch, logits):
+                        acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
+                    _write_rows(acc.flush(next_row), writers, masks, nodata)
 
-            # the previous batch is blended and written while the model runs on this one; the
-            # thread is the only user of the writers (and of src's masks) until it is closed
-            sink = stack.enter_context(Background(blend_and_write))
-            done = 0  # windows consumed; the plan is row-major, so wins[done] is the next row
-            for batch, rgb_b, x_b in reader:
-                logits = runner(rgb_b, x_b, spec.norm)
-                done += len(batch)
-                sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
-                bar.update(len(batch) / len(wins) * h * w / 1e6)
-            sink.close()
-            _write_rows(acc.finish(), writers, masks, nodata)
-    for name in outputs:
-        final = out_dir / f"{stem}_{name}.tif"
-        if opts.cog:  # tiled GeoTIFF first (bounded memory), then COG under the final name
-            staged = _staging(out_dir, stem, name, True)
-            to_cog(staged, final)
-            staged.unlink()
-        written[name] = final
+                # the previous batch is blended and written while the model runs on this one;
+                # the thread is the only user of the writers (and of src's masks) until closed
+                sink = stack.enter_context(Background(blend_and_write))
+                done = 0  # windows consumed; the plan is row-major: wins[done] is the next row
+                for batch, rgb_b, x_b in reader:
+                    logits = _run(runner, rgb_b, x_b, spec.norm)
+                    done += len(batch)
+                    sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
+                    bar.update(len(batch) / len(wins) * h * w / 1e6)
+                sink.close()
+                _write_rows(acc.finish(), writers, masks, nodata)
+            for name, final in finals.items():
+                if staging is not None:  # tiled GeoTIFF first (bounded memory), then the COG
+                    to_cog(streamed[name], final)
+                landed[name] = final
+            write_styles(landed, classes, palette)
+        except PredictionError as err:  # name the output, not its staged copy
+            staged = {path: finals[name] for name, path in streamed.items()}
+            if staging is not None and getattr(err, "output", None) in staged:
+                cause = err.__cause__ if err.__cause__ is not None else err
+                raise write_error(staged[err.output], cause) from cause  # type: ignore[attr-defined]
+            raise
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
     if opts.vector:
         from rsfusion.inference.vectorize import vectorize_classes
 
-        written["vector"] = vectorize_classes(
-            written["classes"], out_dir / f"{stem}.gpkg", classes, min_area=opts.min_area,
-            simplify=opts.simplify, nodata=nodata,
+        landed["vector"] = vectorize_classes(
+            finals["classes"], out_dir / f"{stem}.gpkg", classes, min_area=opts.min_area,
+            simplify=opts.simplify, nodata=nodata, palette=palette,
         )  # fmt: skip
-    return written
+    return {name: landed[name] for name in [*outputs, "vector"] if name in landed}
+
+
+def write_styles(
+    landed: dict[str, Path], classes: Sequence[str], palette: Sequence[Sequence[int]]
+) -> None:
+    """QGIS styles beside the rasters (``NAME.qml``: QGIS loads it as the default style) and
+    GDAL category names for the classes raster (``NAME.tif.aux.xml``), each written atomically:
+    classes paletted with names, probabilities and confidence as a 0..1 ramp."""
+    from rsfusion.inference.styles import (
+        category_aux_xml,
+        classes_qml,
+        probability_qml,
+        write_text_atomic,
+    )
+
+    for name, path in landed.items():
+        try:
+            if name == "classes":
+                write_text_atomic(path.with_suffix(".qml"), classes_qml(classes, palette))
+                write_text_atomic(Path(f"{path}.aux.xml"), category_aux_xml(classes))
+            elif name in ("probs", "confidence"):
+                write_text_atomic(path.with_suffix(".qml"), probability_qml())
+        except WRITE_ERRORS as err:
+            raise write_error(path.with_suffix(".qml"), err) from err
+
+
+def _run(runner: ModelRunner, rgb: np.ndarray, x: np.ndarray | None, norm: InputNorm) -> Any:
+    """The runner's logits; running out of GPU memory is a user error with the fix."""
+    try:
+        return runner(rgb, x, norm)
+    except torch.OutOfMemoryError as err:
+        raise PredictionError(
+            f"out of memory on {runner.device} running the model on {len(rgb)} window(s) of "
+            f"{rgb.shape[-1]} px: use a smaller --batch-size or --window ({err})"
+        ) from err
+
+
+def check_device_memory(
+    runner: ModelRunner, window: int, bands: int, classes: int, batch: int
+) -> None:
+    """Refuse a batch whose inputs and logits alone exceed the GPU's free memory."""
+    if runner.device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(runner.device)
+    free += torch.cuda.memory_reserved(runner.device) - torch.cuda.memory_allocated(runner.device)
+    views = len(runner.scales) * (2 if runner.flip else 1)
+    need = {"inputs": batch * bands * window * window * 4}
+    need["logits"] = 2 * views * batch * classes * window * window * 4
+    check_memory(
+        need, f"running the model on {runner.device} (window {window}, batch {batch})",
+        "use a smaller --window or --batch-size", available=free,
+    )  # fmt: skip
 
 
 def _progress(opts: PredictOptions, stem: str, mpix: float, runner: ModelRunner) -> Any:
@@ -284,11 +435,6 @@ def _weights(
     return cache[key]
 
 
-def _staging(out_dir: Path, stem: str, name: str, cog: bool) -> Path:
-    """Where an output is streamed: its final name, or a hidden one when a COG follows."""
-    return out_dir / (f".{stem}_{name}.tiled.tif" if cog else f"{stem}_{name}.tif")
-
-
 def class_map(logits: np.ndarray) -> np.ndarray:
     """``logits.argmax(0)`` of (K, H, W) logits (the first of tied classes), as uint8/uint16.
 
@@ -311,7 +457,10 @@ def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> Non
         n = logits.shape[1]
         classes = class_map(logits)
         if masks is not None:
-            valid = masks.read_masks(1, window=Window(0, row, masks.width, n)) > 0
+            try:
+                valid = masks.read_masks(1, window=Window(0, row, masks.width, n)) > 0
+            except rasterio.errors.RasterioError as err:
+                raise read_error("orthophoto", masks.name, err) from err
             classes = np.where(valid, classes, nodata)
         writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
         if "probs" not in writers and "confidence" not in writers:

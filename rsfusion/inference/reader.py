@@ -8,15 +8,17 @@ while the model runs on the previous ones. Batches come back in plan order and a
 Windows come back as read: RGB in the file's dtype (uint8 for orthophotos, a quarter of the
 float32 bytes to copy and move to a GPU), X as float32 with NaN where it has no data.
 :class:`InputNorm` normalises them on the model's device, as training normalises its batches
-after the transfer (mmsegmentation's data pre-processor does the same).
+after the transfer (mmsegmentation's data pre-processor does the same). A raster that cannot be
+read (corrupt, truncated) raises :class:`~rsfusion.errors.PredictionError` naming it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,11 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+
+from rsfusion.errors import MissingFileError, PredictionError
 
 #: dtypes the reader keeps as they are in the file (torch takes them without a copy)
 NATIVE_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "float32", "float64"})
@@ -38,6 +43,7 @@ class InputNorm:
 
     RGB: ``(v - mean) / std`` per band; X: ``(v - offset) / scale`` with NaN (no data, outside
     the raster) set to 0 afterwards, as :class:`rsfusion.data.normalise.XNorm` does in training.
+    +-inf is unknown like NaN (0 after normalisation), in X and in a floating-point RGB.
     """
 
     rgb_mean: np.ndarray
@@ -54,9 +60,13 @@ class InputNorm:
             return torch.as_tensor(np.asarray(v, np.float32).reshape(-1, 1, 1), device=rgb.device)
 
         # the first op out of place: a float32 input may share memory with the reader's array
+        floating = rgb.is_floating_point()
         rgb = (rgb.float() - band(self.rgb_mean)).div_(band(self.rgb_std))
+        if floating:  # integer pixels are always finite
+            rgb = rgb.nan_to_num_(0.0, posinf=0.0, neginf=0.0)
         if x is not None:
-            x = (x.float() - self.x_offset).div_(self.x_scale).nan_to_num_(0.0)
+            x = (x.float() - self.x_offset).div_(self.x_scale)
+            x = x.nan_to_num_(0.0, posinf=0.0, neginf=0.0)
         return rgb, x
 
 
@@ -74,6 +84,17 @@ class PairSpec:
     x_grid: tuple[Any, Any, int, int] | None = None
 
 
+def open_raster(path: str | Path, role: str) -> Any:
+    """``rasterio.open(path)``; a file GDAL cannot open raises an error naming it and its role."""
+    try:
+        return rasterio.open(path)
+    except RasterioError as err:
+        text = str(path)
+        if "://" not in text and not text.startswith("/vsi") and not Path(text).exists():
+            raise MissingFileError(f"{role} {path}: no such file") from err
+        raise read_error(role, path, err) from err
+
+
 @contextlib.contextmanager
 def open_pair(spec: PairSpec, gdal_threads: str | None = None) -> Iterator[tuple[Any, Any]]:
     """Open the pair's datasets (X warped onto the RGB grid when ``spec.x_grid`` is set).
@@ -84,10 +105,10 @@ def open_pair(spec: PairSpec, gdal_threads: str | None = None) -> Iterator[tuple
     with contextlib.ExitStack() as stack:
         if gdal_threads:
             stack.enter_context(rasterio.Env(GDAL_NUM_THREADS=gdal_threads))
-        src = stack.enter_context(rasterio.open(spec.rgb))
+        src = stack.enter_context(open_raster(spec.rgb, "orthophoto"))
         xsrc = None
         if spec.x is not None:
-            xsrc = stack.enter_context(rasterio.open(spec.x))
+            xsrc = stack.enter_context(open_raster(spec.x, "X raster"))
             if spec.x_grid is not None:
                 crs, transform, width, height = spec.x_grid
                 xsrc = stack.enter_context(
@@ -173,17 +194,38 @@ def raw_dtype(src: Any) -> str:
     return dtypes.pop() if len(dtypes) == 1 and dtypes <= NATIVE_DTYPES else "float32"
 
 
+def read_error(role: str, path: Any, err: BaseException) -> PredictionError:
+    """The user error for a raster GDAL cannot open or read (names the file and the fix)."""
+    reason = str(err)
+    if err.__cause__ is not None and str(err.__cause__) not in reason:
+        reason += f" ({err.__cause__})"
+    return PredictionError(
+        f"cannot read {role} {path}: {reason}. The file is corrupt, truncated or not a raster "
+        f"GDAL can read (gdalinfo -checksum shows where): copy or export it again"
+    )
+
+
 def read_batch(
-    handles: tuple[Any, Any], wins: Sequence[Window], size: int
+    handles: tuple[Any, Any],
+    wins: Sequence[Window],
+    size: int,
+    names: tuple[Any, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw RGB (B, C, size, size; file dtype, padded with 0) and X (B, Cx, size, size;
     float32, NaN where X has no data) arrays of windows: normalise them with
-    :class:`InputNorm`."""
+    :class:`InputNorm`. ``names`` (default: the datasets' own) name the files in errors."""
     src, xsrc = handles
-    rgb = read_windows(src, wins, size, 0.0, has_mask(src), raw_dtype(src))
+    names = names or (src.name, None if xsrc is None else xsrc.name)
+    try:
+        rgb = read_windows(src, wins, size, 0.0, has_mask(src), raw_dtype(src))
+    except RasterioError as err:
+        raise read_error("orthophoto", names[0], err) from err
     if xsrc is None:
         return rgb, None
-    return rgb, read_windows(xsrc, wins, size, np.nan, has_mask(xsrc), "float32")
+    try:
+        return rgb, read_windows(xsrc, wins, size, np.nan, has_mask(xsrc), "float32")
+    except RasterioError as err:
+        raise read_error("X raster", names[1], err) from err
 
 
 class WindowReader:
@@ -191,11 +233,12 @@ class WindowReader:
 
     Each worker opens its own handles and closes them itself (rasterio keeps its GDAL
     environment per thread). Batches are handed out in order and at most ``prefetch`` are read
-    ahead of the consumer; an error in a worker is raised in the consumer.
+    ahead of the consumer; an error in a worker is raised in the consumer. ``batches`` is
+    consumed as reading goes (a generator over a lazy plan is never held whole).
 
     Args:
         spec: the pair (its ``norm`` is for the consumer: batches come back raw).
-        batches: window batches, in the order they are wanted.
+        batches: window batches, in the order they are wanted (any iterable).
         size: window size (windows at the border are padded to it).
         threads: worker threads; 0 reads in the calling thread (no read-ahead).
         prefetch: batches in flight at most (default ``2 * threads``).
@@ -209,13 +252,14 @@ class WindowReader:
     def __init__(
         self,
         spec: PairSpec,
-        batches: Sequence[Sequence[Window]],
+        batches: Iterable[Sequence[Window]],
         size: int,
         threads: int = 1,
         prefetch: int | None = None,
         gdal_threads: str | None = "ALL_CPUS",
     ) -> None:
-        self.spec, self.batches, self.size = spec, list(batches), size
+        self.spec, self.batches, self.size = spec, batches, size
+        self.names = (spec.rgb, spec.x)
         self.gdal_threads = gdal_threads
         self.threads = max(0, threads)
         self.prefetch = max(1, prefetch or 2 * self.threads)
@@ -224,7 +268,7 @@ class WindowReader:
         if self.threads == 0:
             with open_pair(self.spec, self.gdal_threads) as handles:
                 for wins in self.batches:
-                    yield (wins, *read_batch(handles, wins, self.size))
+                    yield (wins, *read_batch(handles, wins, self.size, self.names))
             return
         jobs: queue.Queue = queue.Queue()
         results: dict[int, Any] = {}
@@ -236,7 +280,7 @@ class WindowReader:
                     while (job := jobs.get()) is not None:
                         i, wins = job
                         try:
-                            out: Any = read_batch(handles, wins, self.size)
+                            out: Any = read_batch(handles, wins, self.size, self.names)
                         except BaseException as err:  # handed to the consumer
                             out = err
                         with ready:
@@ -253,12 +297,16 @@ class WindowReader:
         ]
         for t in workers:
             t.start()
-        submitted = 0
+        plan = enumerate(self.batches)
+        pending: collections.deque[tuple[int, Sequence[Window]]] = collections.deque()
         try:
-            for i, wins in enumerate(self.batches):
-                while submitted < min(len(self.batches), i + self.prefetch):
-                    jobs.put((submitted, self.batches[submitted]))
-                    submitted += 1
+            while True:
+                while len(pending) < self.prefetch and (job := next(plan, None)) is not None:
+                    jobs.put(job)
+                    pending.append(job)
+                if not pending:
+                    break
+                i, wins = pending.popleft()
                 with ready:
                     ready.wait_for(lambda i=i: i in results or -1 in results)
                     out = results.pop(i) if i in results else results[-1]

@@ -40,9 +40,33 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto': this rank's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
+    """'auto': this rank's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU.
+
+    Raises:
+        UserError: a device name torch does not know, or a GPU that is not there.
+    """
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError) as err:
+            raise UserError(
+                f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N"
+            ) from err
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise UserError(
+                    f"--device {name}: no CUDA GPU is visible to torch here (torch "
+                    f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu "
+                    "or auto (the GPU when there is one, else the CPU)"
+                )
+            if device.index is not None and device.index >= count:
+                raise UserError(
+                    f"--device {name}: there are {count} GPU(s), cuda:0..cuda:{count - 1}"
+                )
+        elif device.type not in ("cpu", "mps", "xpu"):
+            raise UserError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -5,7 +5,10 @@ Polygons are traced per band of rows with :func:`rasterio.features.shapes` (4-co
 of its band stays "open"; in the next band it is dissolved with every polygon of the same class
 that shares a stretch of that edge (not just a corner), so the output has no cuts at band edges.
 Closed polygons are mapped to the CRS, filtered, simplified and appended to the file in batches,
-so memory holds one band of pixels plus the polygons still crossing the current edge.
+so memory holds one band of pixels plus the polygons still crossing the current edge. The
+GeoPackage (and SQLite's ``-wal``/``-journal`` files) is written in a private staging folder
+beside the output and renamed when complete; a failed write raises
+:class:`~rsfusion.errors.PredictionError` naming the file.
 
 Example:
     >>> vectorize_classes("pred.tif", "pred.gpkg", ["road", "building"], min_area=2.0)  # doctest: +SKIP
@@ -14,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +28,12 @@ import pyogrio
 import rasterio
 import rasterio.features
 import shapely
+from pyogrio.errors import DataSourceError, FeatureError
 from rasterio.transform import Affine
 from rasterio.windows import Window
+
+from rsfusion.data.writers import staging_dir
+from rsfusion.inference.writer import WRITE_ERRORS, write_error
 
 _BATCH = 20_000  # features per append to the GeoPackage
 
@@ -70,6 +79,7 @@ def vectorize_classes(
     nodata: int | None = None,
     block_rows: int = 1024,
     layer: str = "classes",
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """Write the class polygons of band 1 of ``raster_path`` to a GeoPackage, atomically.
 
@@ -84,13 +94,18 @@ def vectorize_classes(
         nodata: class value to leave out; None uses the raster's declared nodata, if any.
         block_rows: rows read per band.
         layer: layer name.
+        palette: class colours; given, the file's default QGIS style (categorised by
+            ``class_name``) is stored in it (:func:`rsfusion.inference.styles.store_gpkg_style`).
 
     Returns:
         The path of the GeoPackage. ``area`` is that of the written (simplified) geometry.
     """
     out_gpkg = Path(out_gpkg)
-    out_gpkg.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_gpkg.with_name(f".{out_gpkg.name}.{os.getpid()}.partial.gpkg")
+    try:
+        staging = staging_dir(out_gpkg.parent, out_gpkg.name)
+    except WRITE_ERRORS as err:
+        raise write_error(out_gpkg, err) from err
+    tmp = staging / out_gpkg.name
     pending: list[tuple[int, shapely.Polygon]] = []
     written = 0
 
@@ -119,9 +134,7 @@ def vectorize_classes(
                 geometry=geoms,
                 crs=crs,
             )
-            pyogrio.write_dataframe(
-                frame, tmp, layer=layer, driver="GPKG", append=written > 0, promote_to_multi=False
-            )
+            _write(frame, tmp, out_gpkg, layer=layer, append=written > 0, promote_to_multi=False)
             written += len(frame)
 
         try:
@@ -159,11 +172,27 @@ def vectorize_classes(
                     geometry=gpd.GeoSeries([], crs=crs),
                     crs=crs,
                 )
-                pyogrio.write_dataframe(
-                    empty, tmp, layer=layer, driver="GPKG", geometry_type="Polygon"
-                )
-            os.replace(tmp, out_gpkg)
+                _write(empty, tmp, out_gpkg, layer=layer, geometry_type="Polygon")
+            if palette is not None:
+                from rsfusion.inference.styles import polygons_qml, store_gpkg_style
+
+                names = list(class_names)[: len(palette)]
+                try:
+                    store_gpkg_style(tmp, layer, polygons_qml(names, palette))
+                except (OSError, sqlite3.Error) as err:
+                    raise write_error(out_gpkg, err) from err
+            try:
+                os.replace(tmp, out_gpkg)
+            except OSError as err:
+                raise write_error(out_gpkg, err) from err
         finally:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
     return out_gpkg
+
+
+def _write(frame: gpd.GeoDataFrame, tmp: Path, final: Path, **kwargs: object) -> None:
+    """Append ``frame`` to the GeoPackage ``tmp``; a failed write names ``final``."""
+    try:
+        pyogrio.write_dataframe(frame, tmp, driver="GPKG", **kwargs)
+    except (*WRITE_ERRORS, DataSourceError, FeatureError) as err:
+        raise write_error(final, err) from err

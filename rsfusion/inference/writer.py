@@ -1,8 +1,11 @@
 """Streaming, atomic GeoTIFF output for predictions too large to hold in memory, and COG export.
 
 :class:`StreamingGeoTIFF` writes a tiled, compressed GeoTIFF one band of rows at a time under a
-hidden temporary name and renames it only when the ``with`` block ends without an exception, so
-nothing half-written ever appears under the final name. Rows are buffered to whole tile rows, so
+temporary name in a private staging folder beside it (:func:`rsfusion.data.writers.staging_dir`:
+made exclusively, so no planted link can redirect the writes) and renames it only when the
+``with`` block ends without an exception, so nothing half-written ever appears under the final
+name. A failed write (disk full, read-only folder) raises a
+:class:`~rsfusion.errors.PredictionError` naming the file, with nothing left behind. Rows are buffered to whole tile rows, so
 every tile is compressed and written exactly once and memory is ``count * block * width`` values.
 :func:`to_cog` then converts the finished file to a Cloud Optimized GeoTIFF (rasterio's COG
 driver holds the whole raster in memory when *writing*; copying from a tiled file does not).
@@ -21,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,9 +38,33 @@ import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from rsfusion.data.writers import staging_dir
+from rsfusion.errors import PredictionError
+
 CLASS_NAMES_TAG = "CLASS_NAMES"
+#: what a failed write raises: the operating system's and GDAL's errors
+WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RasterioError)
+
+
+def write_error(path: str | Path, err: BaseException) -> PredictionError:
+    """The user error for an output that could not be written (disk full, read-only folder).
+
+    Its ``output`` attribute is the file: a folder run stops on it (the next file would fail
+    the same way), where it goes on after a bad input.
+    """
+    plain_os = isinstance(err, OSError) and not isinstance(err, RasterioError) and err.strerror
+    reason = (err.strerror if plain_os else str(err)) or type(err).__name__
+    if err.__cause__ is not None and str(err.__cause__) not in reason:
+        reason += f" ({err.__cause__})"
+    error = PredictionError(
+        f"cannot write {path}: {reason}. Free disk space (or quota), or give a writable --out "
+        "with room for the outputs; nothing was left under the file's name"
+    )
+    error.output = Path(path)  # type: ignore[attr-defined]
+    return error
 
 
 def class_dtype(num_classes: int) -> str:
@@ -44,17 +72,6 @@ def class_dtype(num_classes: int) -> str:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return "uint8" if num_classes <= 255 else "uint16"
-
-
-def _temp_path(path: Path) -> Path:
-    """Hidden temporary name beside ``path`` (same folder, so ``os.replace`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
-
-
-def _remove(path: Path) -> None:
-    """Delete ``path`` and its GDAL side-car (``.aux.xml``) if present."""
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".aux.xml").unlink(missing_ok=True)
 
 
 def _grid(profile_like: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -127,7 +144,8 @@ class StreamingGeoTIFF:
         self.colormap = colormap
         self.band_descriptions = band_descriptions
         self.class_names = class_names
-        self.tmp = _temp_path(self.path)
+        self.staging: Path | None = None  # the private folder of the temporary file
+        self.tmp: Path | None = None
         self._dst: Any = None
         self._buffer = np.empty((count, min(block, self.height), self.width), self.dtype)
         self._buffered = 0  # rows held in the buffer
@@ -139,8 +157,13 @@ class StreamingGeoTIFF:
         return self._flushed + self._buffered
 
     def __enter__(self) -> StreamingGeoTIFF:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._dst = rasterio.open(self.tmp, "w", **self.profile)
+        try:
+            self.staging = staging_dir(self.path.parent, self.path.name)
+            self.tmp = self.staging / self.path.name
+            self._dst = rasterio.open(self.tmp, "w", **self.profile)
+        except WRITE_ERRORS as err:
+            self._abort()
+            raise write_error(self.path, err) from err
         try:
             if self.colormap is not None:
                 self._dst.write_colormap(1, self.colormap)
@@ -152,8 +175,10 @@ class StreamingGeoTIFF:
             if self.class_names is not None:
                 self._dst.update_tags(**{CLASS_NAMES_TAG: json.dumps(list(self.class_names))})
                 self._dst.update_tags(1, NUM_CLASSES=str(len(self.class_names)))
-        except BaseException:
+        except BaseException as err:
             self._abort()
+            if isinstance(err, WRITE_ERRORS):
+                raise write_error(self.path, err) from err
             raise
         return self
 
@@ -181,7 +206,10 @@ class StreamingGeoTIFF:
             self._buffered += take
             done += take
             if self._buffered == self._buffer.shape[1] or self.rows_written == self.height:
-                self._flush()
+                try:
+                    self._flush()
+                except WRITE_ERRORS as err:
+                    raise write_error(self.path, err) from err
 
     def _flush(self) -> None:
         """Write the buffered rows (a whole tile row, or the last rows) to the file."""
@@ -192,13 +220,16 @@ class StreamingGeoTIFF:
         self._buffered = 0
 
     def _abort(self) -> None:
-        """Close and delete the temporary file."""
-        if self._dst is not None:
-            try:
-                self._dst.close()
-            finally:
-                self._dst = None
-                _remove(self.tmp)
+        """Close and delete the temporary file and its staging folder."""
+        try:
+            if self._dst is not None:
+                with contextlib.suppress(*WRITE_ERRORS):  # the close of a failed file may fail
+                    self._dst.close()
+        finally:
+            self._dst = None
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
 
     def __exit__(
         self,
@@ -212,6 +243,7 @@ class StreamingGeoTIFF:
         if self.rows_written != self.height:
             self._abort()
             raise ValueError(f"only {self.rows_written} of {self.height} rows were written")
+        assert self.tmp is not None
         try:
             self._dst.close()
             self._dst = None
@@ -219,8 +251,10 @@ class StreamingGeoTIFF:
             aux = self.tmp.with_name(self.tmp.name + ".aux.xml")
             if aux.exists():
                 os.replace(aux, self.path.with_name(self.path.name + ".aux.xml"))
+        except WRITE_ERRORS as err:
+            raise write_error(self.path, err) from err
         finally:
-            _remove(self.tmp)
+            self._abort()
 
 
 def to_cog(
@@ -233,6 +267,10 @@ def to_cog(
     method: Literal["cog", "copy_overviews"] = "copy_overviews",
 ) -> Path:
     """Convert a finished tiled GeoTIFF to a Cloud Optimized GeoTIFF, atomically.
+
+    The copy (and the overview work file) is written in a private staging folder beside
+    ``dst_path``, removed whatever happens; a failed write raises
+    :class:`~rsfusion.errors.PredictionError` naming ``dst_path``.
 
     Args:
         src_path: tiled GeoTIFF (e.g. written by :class:`StreamingGeoTIFF`).
@@ -255,9 +293,13 @@ def to_cog(
     resampling = resampling or ("nearest" if is_class else "average")
     Resampling[resampling]  # noqa: B018 (raises KeyError on an unknown name)
     opts = {"COMPRESS": compress, "PREDICTOR": 3 if dtype_kind == "f" else 2, "BIGTIFF": "IF_SAFER"}
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dst_path)
-    work = tmp.with_name(tmp.name + ".ovr.tif")
+    if method not in ("cog", "copy_overviews"):
+        raise ValueError(f"unknown method {method!r}")
+    try:
+        staging = staging_dir(dst_path.parent, dst_path.name)
+    except WRITE_ERRORS as err:
+        raise write_error(dst_path, err) from err
+    tmp, work = staging / dst_path.name, staging / "overviews.tif"
     try:
         if method == "cog":
             ovr = "IGNORE_EXISTING" if overviews else "NONE"
@@ -272,12 +314,11 @@ def to_cog(
                     ds.build_overviews(factors, Resampling[resampling])
             opts |= {"TILED": "YES", "BLOCKXSIZE": blocksize, "BLOCKYSIZE": blocksize}
             rasterio.shutil.copy(work, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **opts)
-        else:
-            raise ValueError(f"unknown method {method!r}")
         os.replace(tmp, dst_path)
+    except WRITE_ERRORS as err:
+        raise write_error(dst_path, err) from err
     finally:
-        _remove(tmp)
-        _remove(work)
+        shutil.rmtree(staging, ignore_errors=True)
     return dst_path
 
 

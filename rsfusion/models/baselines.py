@@ -30,7 +30,9 @@ def _adapt_first_conv(state: dict[str, Tensor], model_state: dict[str, Tensor]) 
 def load_encoder_weights(encoder: nn.Module, spec: ModelSpec) -> None:
     """Load ``spec.weights`` (a local file) into an encoder, or explain why it cannot be done."""
     path = Path(spec.weights or "")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from rsfusion.models.checkpoint import read_torch_file
+
+    state = read_torch_file(path, "weights", name=f"model.weights {path}")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     model_state = encoder.state_dict()
     _adapt_first_conv(state, model_state)

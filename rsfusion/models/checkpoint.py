@@ -5,24 +5,45 @@ A checkpoint is Lightning's file with the trainable weights only (frozen backbon
 left out) and, under ``"rsfusion"``, a :class:`CheckpointMeta`: what prediction needs to
 preprocess inputs exactly as in training (bands, normalisation with the X statistics, classes,
 palette, window), the model's build spec, the resolved config and a hash of the frozen weights.
-Files are read with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+A torch file from a user is data, never code: :func:`read_torch_file` (the reader of
+checkpoints and of backbone weights files) loads it with ``torch.load(weights_only=True)``
+(tensors, numbers, strings, lists, dicts), so a file holding pickled Python objects is refused
+before anything in it runs. Empty, truncated or corrupt files, and checkpoints whose tensors hold
+NaN or inf, are refused with one message naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from rsfusion.errors import CheckpointMismatchError, MissingFileError
+from rsfusion.errors import (
+    CheckpointMismatchError,
+    MissingFileError,
+    NonFiniteError,
+    UserError,
+    WeightsError,
+)
 from rsfusion.models.base import ModelSpec
 
-__all__ = ["META_KEY", "CheckpointMeta", "check_frozen", "frozen_digest", "read_checkpoint"]
+__all__ = [
+    "META_KEY",
+    "CheckpointMeta",
+    "check_frozen",
+    "frozen_digest",
+    "nonfinite_tensors",
+    "read_checkpoint",
+    "read_torch_file",
+]
 
 #: the key of a checkpoint that holds its :class:`CheckpointMeta` (as a plain dict)
 META_KEY = "rsfusion"
@@ -110,41 +131,165 @@ class CheckpointMeta:
         return dataclasses.replace(self, frozen_sha256=frozen_digest(model))
 
     def check_fits(self, other: CheckpointMeta, source: str) -> None:
-        """Refuse a checkpoint (``source``) whose classes or bands differ from ``other``'s."""
+        """Refuse a checkpoint (``source``) whose classes, bands or model (``model.name``,
+        ``arch``, ``backbone``, ``kwargs``) differ from ``other``'s."""
+        fix = (
+            "use the config the checkpoint was trained with (its config.yaml sits in the run "
+            "folder)."
+        )
         for key in ("classes", "rgb_bands", "x_bands"):
             mine, theirs = getattr(self, key), getattr(other, key)
             if mine != theirs:
                 raise CheckpointMismatchError(
-                    f"{source}: its {key} {mine} differ from this config's {theirs}; use the "
-                    "config the checkpoint was trained with (its config.yaml sits in the run "
-                    "folder)."
+                    f"{source}: its {key} {mine} differ from this config's {theirs}; {fix}"
                 )
+        for key in ("name", "arch", "backbone", "kwargs"):
+            mine, theirs = getattr(self.spec, key), getattr(other.spec, key)
+            if mine != theirs:
+                if key == "kwargs":
+                    keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+                    what = f"model.kwargs differ in {keys}: {mine} vs this config's {theirs}"
+                else:
+                    what = f"model.{key} is {mine!r}, this config's {theirs!r}"
+                raise CheckpointMismatchError(
+                    f"{source}: it was built with other model settings ({what}); {fix}"
+                )
+
+
+_CKPT_FIX = "give a last.ckpt / best-*.ckpt written by scripts/train.py"
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_torch_file(
+    path: str | Path,
+    what: str = "weights",
+    *,
+    name: str | None = None,
+    error: type[UserError] = WeightsError,
+    fix: str = "pass an intact file of plain tensors (torch.save(model.state_dict(), path))",
+) -> Any:
+    """A torch file read as data (``torch.load(weights_only=True)``; memory-mapped when it can
+    be): the one reader of every torch file a user gives the package.
+
+    Args:
+        path: the file.
+        what: what it should be, for messages ("a checkpoint", "weights").
+        name: how messages name it (default: the path), e.g. ``"--ckpt run/last.ckpt"``.
+        error: the :class:`UserError` raised when it cannot be read as data.
+        fix: what to do instead, appended to the message.
+
+    Raises:
+        MissingFileError: no such file.
+        UserError (``error``): an empty, truncated or corrupt file, or one holding pickled
+            Python objects (refused before any of them is built: nothing in the file runs).
+
+    Example:
+        >>> class Payload:
+        ...     def __reduce__(self):
+        ...         return (print, ("this would run",))
+        >>> path = Path(getfixture("tmp_path")) / "evil.pt"
+        >>> torch.save({"w": torch.ones(1), "x": Payload()}, path)
+        >>> read_torch_file(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        rsfusion.errors.WeightsError: ...evil.pt holds pickled Python objects (print)...
+    """
+    path = Path(path)
+    label = name or str(path)
+    if not path.is_file():
+        raise MissingFileError(f"{label}: no such file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:  # torch's zip format is memory-mapped, legacy files read
+            mmap = f.read(4) == b"PK\x03\x04"
+    except OSError as err:
+        raise error(f"{label} cannot be read ({err.strerror or err}): {fix}") from None
+    if size == 0:
+        raise error(f"{label} is empty (0 bytes): {fix}")
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notes are not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        if found:
+            raise error(
+                f"{label} holds pickled Python objects ({found[1]}) besides tensors and plain "
+                f"values: they are never loaded, since loading them could run code; {fix}"
+            ) from None
+        raise error(
+            f"{label} cannot be read as {what} of tensors and plain values "
+            f"({_torch_reason(err)}): it is corrupt, not a torch file, or holds pickled "
+            f"objects; {fix}"
+        ) from None
+    except (PermissionError, IsADirectoryError) as err:
+        raise error(f"{label} cannot be read ({err.strerror or err}): {fix}") from None
+    except Exception as err:  # truncated zip, garbage, I/O error: one clear message
+        raise error(
+            f"{label} cannot be read as {what} of tensors and plain values "
+            f"({_torch_reason(err)}): it is truncated, corrupt, or not a torch file; {fix}"
+        ) from None
+
+
+def _torch_reason(err: BaseException) -> str:
+    """The informative line of a torch.load error (torch's own advice left out)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else type(err).__name__)
+    first = lines[0] if lines else ""
+    first = first.split(". This is an internal miniz error")[0]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def nonfinite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``tensors`` holding NaN or inf.
+
+    Example:
+        >>> nonfinite_tensors({"a": torch.ones(2), "b": torch.tensor([1.0, float("inf")]),
+        ...                    "n": torch.tensor([3]), "s": "text"})
+        ['b']
+    """
+    return [
+        k
+        for k, v in tensors.items()
+        if isinstance(v, Tensor)
+        and (v.is_floating_point() or v.is_complex())
+        and not bool(torch.isfinite(v).all())
+    ]
 
 
 def read_checkpoint(
     path: str | Path, flag: str = "--ckpt"
 ) -> tuple[dict[str, Any], CheckpointMeta]:
-    """A checkpoint file (read as data: ``weights_only=True``) and its metadata.
+    """A checkpoint file (read as data: :func:`read_torch_file`) and its metadata.
 
     Raises:
         MissingFileError: no such file.
-        CheckpointMismatchError: a file that is not a checkpoint torch can read as data, or one
-            without rsfusion metadata; the message names ``flag`` and the file.
+        CheckpointMismatchError: a file that is not a checkpoint torch can read as data (empty,
+            truncated, corrupt, or holding pickled objects), or one without rsfusion metadata;
+            the message names ``flag`` and the file.
+        NonFiniteError: weights holding NaN or inf (a run that diverged).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{flag} {path}: no such checkpoint file")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointMismatchError(
-            f"{flag} {path} cannot be read as a checkpoint of tensors and plain values "
-            f"({first}); give a last.ckpt / best-*.ckpt written by scripts/train.py"
-        ) from None
+    saved = read_torch_file(
+        path, "a checkpoint", name=f"{flag} {path}", error=CheckpointMismatchError, fix=_CKPT_FIX
+    )
     if not isinstance(saved, dict) or not isinstance(saved.get(META_KEY), dict):
         raise CheckpointMismatchError(
             f"{flag} {path} carries no rsfusion metadata: train it with scripts/train.py"
+        )
+    state = saved.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{flag} {path} holds no state_dict of weights; {_CKPT_FIX}")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteError(
+            f"{flag} {path}: {len(bad)} of {len(state)} tensors hold NaN or inf (e.g. {bad[0]}); "
+            "the run that wrote it diverged: use an earlier checkpoint, and retrain with a lower "
+            "optim.lr or check the training data for NaN/inf values"
         )
     return saved, CheckpointMeta.from_dict(saved[META_KEY], f"{flag} {path}")
 

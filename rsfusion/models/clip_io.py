@@ -165,13 +165,14 @@ def atomic_torch_save(payload: dict[str, Any], path: str | Path) -> Path:
 
 
 def read_weights(path: Path, what: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, pickled objects, truncated file: one clear message
-        raise WeightsError(
-            f"{path} cannot be read as {what} ({type(err).__name__}: {_short(err)}). Fix: "
-            "pass an intact file of plain tensors (re-save it with torch.save(state_dict, ...))"
-        ) from err
+    """``path`` read as data (:func:`rsfusion.models.checkpoint.read_torch_file`): a corrupt,
+    truncated or pickled-object file is one :class:`WeightsError` naming it."""
+    from rsfusion.models.checkpoint import read_torch_file
+
+    return read_torch_file(
+        path, what, error=WeightsError,
+        fix="pass an intact file of plain tensors (re-save it with torch.save(state_dict, ...))",
+    )  # fmt: skip
 
 
 def _read_clip_file(path: Path) -> tuple[dict[str, Tensor], dict | None, dict | None]:

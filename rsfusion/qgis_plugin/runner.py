@@ -386,7 +386,8 @@ def check_result(result: RunResult, feedback: Feedback) -> None:
     ``feedback.reportError`` first (what QGIS shows in red in the log)."""
     if result.cancelled and result.returncode != 0:
         message = result.interrupted or (
-            "interrupted: nothing was left under a final name; rerun to complete"
+            "interrupted: outputs completed before the cancel are kept, nothing half-written "
+            "is left; rerun to complete"
         )
         raise RunError(f"cancelled ({message})")
     if result.returncode == 0:

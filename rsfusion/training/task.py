@@ -17,9 +17,9 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from rsfusion.catalog import DatasetCard
 from rsfusion.config import ExperimentConfig, OptimConfig, config_to_dict
 from rsfusion.data.labelspace import UnifiedLabelSpace
-from rsfusion.errors import CheckpointMismatchError
+from rsfusion.errors import CheckpointMismatchError, NonFiniteError
 from rsfusion.models.base import ModelSpec, SampleMeta, SegmentationModel, build_model
-from rsfusion.models.checkpoint import META_KEY, frozen_digest
+from rsfusion.models.checkpoint import META_KEY, frozen_digest, nonfinite_tensors
 from rsfusion.models.engine import migrate_state_dict
 from rsfusion.training.losses import AuxSupervision, RemapLoss, split_output
 from rsfusion.training.masking import MaskingConfig, ModalityMasking
@@ -209,8 +209,27 @@ class SegmentationTask(LightningModule):
             loss = parts.pop("loss")
             for name, value in parts.items():
                 self.log(f"train/loss_{name}", value, batch_size=n)
+        loss = self.finite_loss(loss, batch["mask"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
+
+    def finite_loss(self, loss: Tensor, target: Tensor) -> Tensor:
+        """The training loss, checked: NaN or inf stops training with a :class:`NonFiniteError`
+        naming the step (no update is made from it), except on a batch without one labelled
+        pixel, whose loss (0/0) is taken as 0. Under DDP the ranks decide together."""
+        unlabelled = (target == self.criterion.ignore_index).all()
+        ok = bool(torch.isfinite(loss) | unlabelled)  # one device sync per step
+        trainer = self._trainer
+        if trainer is not None:
+            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:
+            raise NonFiniteError(
+                f"training stopped at step {self.global_step} (epoch {self.current_epoch}): the "
+                f"loss is {float(loss.detach())}. Check the training rasters for NaN/inf values "
+                "and the data.x normalisation, or lower optim.lr / set "
+                "trainer.gradient_clip_val"
+            )
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)  # finite: unchanged
 
     def _eval_step(self, batch: dict[str, Tensor], split: str, loader: int = 0) -> None:
         loss, logits = self._step(batch)
@@ -297,6 +316,21 @@ class SegmentationTask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen = self.frozen_names()
         state = checkpoint["state_dict"]
+        bad = nonfinite_tensors(state)
+        ok, trainer = not bad, self._trainer
+        if trainer is not None:  # the ranks decide together (saving is collective)
+            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:  # never written: the last finite checkpoint stays the last one
+            which = (
+                f"{len(bad)} of {len(state)} weight tensors (e.g. {bad[0]})"
+                if bad
+                else ("weight tensors on another rank")
+            )
+            raise NonFiniteError(
+                f"training stopped at step {self.global_step} (epoch {self.current_epoch}): "
+                f"{which} hold NaN or inf, so no checkpoint is written. Lower optim.lr or set "
+                "trainer.gradient_clip_val, and check the training rasters for NaN/inf values"
+            )
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
         meta = dict(self.hparams.meta or {})
         meta["frozen_sha256"] = frozen_digest(self.model)

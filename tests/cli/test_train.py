@@ -1,11 +1,14 @@
 """scripts/train.py end to end: dry run, a 3-step run from another directory, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import lightning  # noqa: F401  (imported first here: its log handler outlives each test's capture)
+import pytest
 import torch
 
 from rsfusion.cli.train import main
@@ -114,3 +117,76 @@ def test_a_malformed_natural_sample_is_an_error_naming_the_file(nyudepthv2_root,
                  "trainer.enable_progress_bar=false"])  # fmt: skip
     assert code == 2
     assert broken.name in capsys.readouterr().err
+
+
+# --- refused before anything is built: output folder, devices, trainer settings -----------
+def _refused(args, capsys) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_an_out_that_is_a_file_or_under_one_is_refused_before_the_model(tmp_path, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    base = ["--cfg", "demo_baseline", "--set", "data.root=/nonexistent"]  # never reached
+    line = _refused([*base, "--out", str(taken)], capsys)
+    assert f"--out {taken} is an existing file, not a folder" in line
+    line = _refused([*base, "--out", str(taken / "run")], capsys)
+    assert f"{taken} is a file" in line
+    assert taken.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [taken]
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a place no one can write to")
+def test_an_unwritable_out_is_refused_before_the_model(capsys):
+    line = _refused(["--cfg", "demo_baseline", "--out", "/sys/rsfusion-run"], capsys)
+    assert "--out /sys/rsfusion-run: cannot write in /sys" in line
+    assert not Path("/sys/rsfusion-run").exists()
+
+
+def test_an_unwritable_out_is_refused_without_root(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    line = _refused(["--cfg", "demo_baseline", "--out", str(locked / "run")], capsys)
+    assert f"cannot write in {locked}" in line and not list(locked.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_without_a_gpu_is_refused_at_once(accelerator, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--cfg", "demo_baseline", "--out", str(out), "--set", "data.root=/nonexistent",
+            f"trainer.accelerator={accelerator}"]  # fmt: skip
+    line = _refused(args, capsys)
+    assert f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU" in line
+    assert "trainer.accelerator=cpu" in line and not out.exists()
+
+
+def test_trainer_settings_lightning_refuses_leave_no_run_folder(tmp_path, vaihingen_root, capsys):
+    out = tmp_path / "a" / "run"
+    args = ["--cfg", "demo_baseline", "--out", str(out), "--set", f"data.root={vaihingen_root}",
+            *TINY, "trainer.devices=0"]  # fmt: skip
+    line = _refused(args, capsys)
+    assert "Lightning refuses the trainer settings (" in line and "trainer.devices=0" in line
+    assert not (tmp_path / "a").exists()  # the folders it made are gone again
+
+
+def test_a_checkpoint_of_other_model_kwargs_is_refused_on_resume(tmp_path, vaihingen_root, capsys):
+    first = tmp_path / "first"
+    data = ["--set", f"data.root={vaihingen_root}", *TINY, "trainer.max_steps=1",
+            "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["--cfg", "demo_baseline", "--out", str(first), *data]) == 0
+    ckpt = first / "checkpoints" / "last.ckpt"
+    other = "model.kwargs={decoder_channels: [64, 32, 16, 8, 4]}"
+    line = _refused(["--cfg", "demo_baseline", "--out", str(tmp_path / "second"), *data, other,
+                     "--resume", str(ckpt)], capsys)  # fmt: skip
+    assert f"--resume {ckpt}: it was built with other model settings" in line
+    assert "model.kwargs differ in ['decoder_channels']" in line

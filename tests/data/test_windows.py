@@ -119,3 +119,54 @@ def test_batched() -> None:
     assert [w for batch in batched(wins, 5) for w in batch] == wins
     with pytest.raises(ValueError, match="batch_size"):
         batched(wins, 0)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "window", "stride"),
+    [(5, 7, 4, 3), (100, 37, 16, 12), (3, 3, 8, None), (64, 64, (16, 8), (16, 4))],
+)
+def test_window_grid_is_the_plan_lazily(height, width, window, stride):
+    from rsfusion.data.windows import window_grid
+
+    grid = window_grid(height, width, window, stride)
+    plan = plan_windows(height, width, window, stride)
+    assert len(grid) == len(plan) and list(grid) == plan
+    assert [grid[i] for i in range(len(plan))] == plan and grid[-1] == plan[-1]
+    assert grid[1:3] == plan[1:3]
+    with pytest.raises(IndexError):
+        grid[len(plan)]
+
+
+def test_a_declared_huge_raster_is_planned_in_rows_and_columns_only():
+    import tracemalloc
+
+    from rsfusion.data.windows import window_grid
+
+    tracemalloc.start()
+    grid = window_grid(10**6, 10**6, 512, 384)  # what a 276-byte VRT may declare
+    first = next(iter(grid))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(grid) == 2604**2 and (first.row_off, first.col_off) == (0, 0)
+    assert peak < 1_000_000  # bytes: two lists of 2604 offsets, not 6.8 million windows
+    with pytest.raises(ValueError, match="stride"):
+        window_grid(10, 10, 4, 5)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "block", "budget"),
+    [(70, 90, (70, 90), 500), (70, 90, (1, 90), 500), (70, 90, (32, 32), 500),
+     (70, 90, (32, 32), 5000), (5, 4000, (5, 4000), 1000), (64, 64, (16, 16), 10**6),
+     (9, 9, (9, 9), 1)],
+)  # fmt: skip
+def test_bounded_windows_tile_the_raster_within_the_budget(height, width, block, budget):
+    from rsfusion.data.windows import bounded_windows
+
+    wins = list(bounded_windows(height, width, block, budget))
+    count = np.zeros((height, width), np.int32)
+    for w in wins:
+        assert 0 < w.width * w.height <= budget
+        count[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
+    assert (count == 1).all()
+    if block[0] * width <= budget:  # whole block rows across the width
+        assert all(w.row_off % block[0] == 0 and w.width == width for w in wins)

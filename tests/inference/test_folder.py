@@ -1,12 +1,16 @@
 """Folder runs: pairing by the card's patterns, CSV pairs, torchrun sharding, resume helpers."""
 
 import os
+from pathlib import Path
 
 import pytest
 
+from rsfusion.data.writers import staging_dir, staging_owner
 from rsfusion.inference.folder import (
     Pair,
     PairingError,
+    check_unique_outputs,
+    output_stem,
     outputs_done,
     pair_folders,
     read_pairs_csv,
@@ -79,9 +83,53 @@ def test_resume_helpers(tmp_path):
     assert not outputs_done(tmp_path, "a", names)
     _touch(tmp_path, "a.gpkg")
     assert outputs_done(tmp_path, "a", names)
+
+
+def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
     dead = 2**22 + 12345  # above the usual pid_max: no such process
-    _touch(tmp_path, f".a_classes.tif.{dead}.partial", f".a_probs.tif.{os.getpid()}.partial",
-           ".a_classes.tiled.tif", ".b_classes.tif.1.partial")  # fmt: skip
-    removed = {p.name for p in remove_stale_partials(tmp_path, "a")}
-    assert removed == {f".a_classes.tif.{dead}.partial", ".a_classes.tiled.tif"}
-    assert (tmp_path / f".a_probs.tif.{os.getpid()}.partial").exists()  # a live writer's
+    me = os.getpid()
+    # earlier versions' names (pid only), every kind of file their writers made
+    legacy_dead = [f".a_classes.tif.{dead}.partial", f".a_classes.tif.{dead}.partial.aux.xml",
+                   f".a_classes.tif.{dead}.partial.ovr.tif", f".a.gpkg.{dead}.partial.gpkg",
+                   f".a.gpkg.{dead}.partial.gpkg-wal", f".t[1]_classes.tif.{dead}.partial",
+                   f".x.tif.{dead}.part"]  # fmt: skip
+    legacy_alive = [f".a_probs.tif.{me}.partial", ".b_classes.tif.1.partial"]
+    _touch(tmp_path, *legacy_dead, *legacy_alive, ".a_classes.tiled.tif", ".hidden_note")
+    # this version's private folders, named with host and pid
+    mine = staging_dir(tmp_path, "t[1]")
+    stale = Path(str(mine).replace(f"-{me}-", f"-{dead}-"))
+    other_host = Path(str(mine).replace(f"-{me}-", f"-{dead}-").replace(
+        ".rsfusion-", ".rsfusion-elsewhere-"))  # fmt: skip
+    for folder in (stale, other_host):
+        folder.mkdir()
+        _touch(folder, "t[1]_classes.tif", "overviews.tif", "a.gpkg-wal")
+    removed = {p.name for p in remove_stale_partials(tmp_path)}
+    assert removed == {*legacy_dead, stale.name}
+    left = {p.name for p in tmp_path.iterdir()}
+    assert {*legacy_alive, mine.name, other_host.name, ".a_classes.tiled.tif"} <= left
+    assert staging_owner(mine.name)[1] == me and staging_owner(".hidden_note") is None
+
+
+def test_output_names_keep_the_whole_file_name(tmp_path):
+    odd = tmp_path / "d?q" / "t[1] ?.tif"
+    assert output_stem(odd) == "t[1] ?"
+    assert output_stem(f"vrt://{tmp_path}/a.tif?a_srs=EPSG:2056") == "a"
+    pairs = [Pair(tmp_path / "d?q" / f"tile{i}.tif", None) for i in range(6)]
+    check_unique_outputs(pairs)  # six tiles, six stems
+
+
+def test_two_inputs_with_one_output_name_are_refused_naming_both(tmp_path):
+    a, b = tmp_path / "north" / "tile.tif", tmp_path / "south" / "tile.tif"
+    with pytest.raises(PairingError, match=rf"{a} and {b} would both write.*tile_classes"):
+        check_unique_outputs([Pair(a, None), Pair(b, None)])
+    with pytest.raises(PairingError, match=r"tile\.tif is listed twice"):
+        check_unique_outputs([Pair(a, None), Pair(a, tmp_path / "dsm.tif")])
+    with pytest.raises(PairingError, match="tile.vrt"):  # same stem, other extension
+        check_unique_outputs([Pair(a, None), Pair(a.with_suffix(".vrt"), None)])
+
+
+def test_a_pairs_file_that_is_not_text_is_a_pairing_error(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_bytes(b"\xff\xfe\x00rgb\x00\x81")
+    with pytest.raises(PairingError, match="pairs.csv cannot be read as a CSV"):
+        read_pairs_csv(csv)

@@ -29,6 +29,11 @@ def ckpt(tmp_path_factory, vaihingen_root):
     return out / "checkpoints" / "last.ckpt"
 
 
+def _outputs(folder):
+    """A folder's files without the style sidecars (.qml, .aux.xml) beside each raster."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith((".qml", ".aux.xml")))
+
+
 def _pair(root):
     return root / "top" / "top_mosaic_09cm_area2.tif", root / "dsm" / "dsm_09cm_matching_area2.tif"
 
@@ -69,6 +74,30 @@ def test_outputs_land_on_the_input_grid_with_colours_and_names(ckpt, vaihingen_r
     assert np.array_equal(probs.argmax(0)[probs.max(0) > 140], classes[probs.max(0) > 140])
     assert (tmp_path / f"{rgb.stem}.gpkg").is_file()
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+    _check_styles(tmp_path, rgb.stem)
+
+
+def _check_styles(folder, stem):
+    """Every output opens styled in QGIS: .qml beside each raster, GDAL category names, and
+    the GeoPackage's default style (tests/inference/test_styles.py opens them in real QGIS)."""
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    from rsfusion.catalog import load_card
+
+    card = load_card("vaihingen")
+    qml = ET.fromstring((folder / f"{stem}_classes.qml").read_text().split("\n", 1)[1])
+    entries = qml.findall("pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert [e.get("label") for e in entries] == card.class_names
+    assert entries[1].get("color") == "#{:02x}{:02x}{:02x}".format(*card.palette[1])
+    aux = ET.fromstring((folder / f"{stem}_classes.tif.aux.xml").read_text())
+    assert [c.text for c in aux.iter("Category")] == card.class_names
+    for name in ("probs", "confidence"):
+        ramp = ET.fromstring((folder / f"{stem}_{name}.qml").read_text().split("\n", 1)[1])
+        assert ramp.find("pipe/rasterrenderer").get("type") == "singlebandpseudocolor"
+    with sqlite3.connect(folder / f"{stem}.gpkg") as db:
+        (style,) = db.execute("SELECT styleQML FROM layer_styles WHERE useAsDefault").fetchone()
+    assert 'type="categorizedSymbol"' in style and "building" in style
 
 
 def test_one_window_equals_a_direct_forward(ckpt, vaihingen_root, tmp_path):
@@ -192,7 +221,7 @@ def test_interrupted_run_leaves_nothing_under_a_final_name(ckpt, tmp_path, signu
     assert not list(out.glob("*.tif")) and not list(out.glob(".*"))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert _outputs(out) == [
         "top_mosaic_09cm_area2_classes.tif",
         "top_mosaic_09cm_area2_probs.tif",
     ]
@@ -215,7 +244,7 @@ def test_folder_run_resumes_and_shards(ckpt, vaihingen_root, tmp_path, capsys, m
             "--window", "32", "--readers", "2"]  # fmt: skip
     assert predict_main(args) == 0
     assert capsys.readouterr().err.count("MPix/s") == 2  # one speed line per raster
-    done = sorted(p.name for p in out.iterdir())
+    done = _outputs(out)
     assert done == ["top_mosaic_09cm_area2_classes.tif", "top_mosaic_09cm_area4_classes.tif"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert predict_main(args) == 0  # a rerun skips what is complete
@@ -225,7 +254,7 @@ def test_folder_run_resumes_and_shards(ckpt, vaihingen_root, tmp_path, capsys, m
     monkeypatch.setenv("WORLD_SIZE", "2")
     shard_out = tmp_path / "rank1"
     assert predict_main([*args[:-6], "--out", str(shard_out), "--window", "32"]) == 0
-    assert [p.name for p in shard_out.iterdir()] == ["top_mosaic_09cm_area4_classes.tif"]
+    assert _outputs(shard_out) == ["top_mosaic_09cm_area4_classes.tif"]
 
 
 def test_pairs_csv_and_folder_errors(ckpt, vaihingen_root, tmp_path, capsys):
@@ -262,3 +291,35 @@ def test_class_map_is_argmax_with_first_of_ties():
     assert np.array_equal(class_map(logits), logits.argmax(0))
     assert class_map(logits)[0, 0] == 2 and class_map(logits)[1, 1] == 0
     assert class_map(rng.standard_normal((300, 2, 2)).astype(np.float32)).dtype == np.uint16
+
+
+class _FakeRunner:
+    """What check_device_memory and _run look at: a device, the views, a call."""
+
+    def __init__(self, device="cuda:0", error=None):
+        self.device, self.scales, self.flip, self.error = torch.device(device), (1.0,), False, error
+
+    def __call__(self, rgb, x, norm):
+        raise self.error
+
+
+def test_a_batch_too_large_for_the_gpu_is_refused_with_the_numbers(monkeypatch):
+    from rsfusion.errors import PredictionError
+    from rsfusion.inference.predict import check_device_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    check_device_memory(_FakeRunner(), 512, 4, 6, 8)  # 0.2 GiB of inputs and logits: fits
+    with pytest.raises(PredictionError, match=r"cuda:0 \(window 8192.*2\.0 GiB are available"):
+        check_device_memory(_FakeRunner(), 8192, 4, 6, 8)
+    check_device_memory(_FakeRunner("cpu"), 8192, 4, 6, 8)  # host memory is checked apart
+
+
+def test_running_out_of_gpu_memory_is_a_user_error():
+    from rsfusion.errors import PredictionError
+    from rsfusion.inference.predict import _run
+
+    runner = _FakeRunner(error=torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(PredictionError, match="out of memory on cuda:0.*--batch-size"):
+        _run(runner, np.zeros((2, 3, 64, 64), np.uint8), None, None)

@@ -8,8 +8,9 @@ from rasterio.windows import Window
 from torch import nn
 
 from rsfusion.data.windows import batched, plan_windows
+from rsfusion.errors import MissingFileError, PredictionError, UserError
 from rsfusion.inference.reader import InputNorm, PairSpec, WindowReader, read_window
-from rsfusion.inference.runner import ModelRunner, resolve_precision
+from rsfusion.inference.runner import ModelRunner, resolve_device, resolve_precision
 
 
 def _spec(root, **kw):
@@ -62,8 +63,49 @@ def test_border_windows_are_padded_like_training(vaihingen_root):
 
 def test_reader_errors_reach_the_consumer(vaihingen_root, tmp_path):
     spec = PairSpec(tmp_path / "missing.tif", None, InputNorm(np.zeros(3), np.ones(3)))
-    with pytest.raises(rasterio.errors.RasterioIOError):
+    with pytest.raises(MissingFileError, match="orthophoto .*missing.tif: no such file"):
         list(WindowReader(spec, [[Window(0, 0, 8, 8)]], 8, threads=2))
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_truncated_raster_is_an_error_naming_it(vaihingen_root, tmp_path, threads):
+    x = tmp_path / "dsm.tif"
+    data = (vaihingen_root / "dsm" / "dsm_09cm_matching_area2.tif").read_bytes()
+    x.write_bytes(data[: len(data) * 2 // 3])  # the header opens, the last blocks are gone
+    rgb = vaihingen_root / "top" / "top_mosaic_09cm_area2.tif"
+    spec = PairSpec(rgb, x, InputNorm(np.zeros(3), np.ones(3)))
+    with rasterio.open(x) as src:
+        wins = [[w] for w in plan_windows(src.height, src.width, 16)]
+    with pytest.raises(PredictionError, match=r"cannot read X raster .*dsm.tif: .*truncated"):
+        list(WindowReader(spec, iter(wins), 16, threads=threads))
+
+
+def test_reader_consumes_a_lazy_plan_as_it_goes(vaihingen_root):
+    rgb = vaihingen_root / "top" / "top_mosaic_09cm_area2.tif"
+    spec = PairSpec(rgb, None, InputNorm(np.zeros(3), np.ones(3)))
+    taken = []
+
+    def plan():
+        for i in range(10**9):  # never materialised
+            taken.append(i)
+            yield [Window(0, 0, 8, 8)]
+
+    reader = iter(WindowReader(spec, plan(), 8, threads=2, prefetch=3))
+    for _ in range(4):
+        next(reader)
+    reader.close()
+    assert len(taken) <= 4 + 3  # read so far plus the batches read ahead
+
+
+def test_norm_treats_infinity_as_unknown():
+    norm = InputNorm(np.full(3, 1.0), np.full(3, 2.0), x_offset=10.0, x_scale=5.0)
+    rgb = torch.tensor([1.0, np.inf, -np.inf, np.nan]).reshape(1, 1, 1, 4).expand(1, 3, 1, 4)
+    x = torch.tensor([20.0, np.inf, -np.inf, np.nan]).reshape(1, 1, 1, 4)
+    r, s = norm(rgb.clone(), x)
+    assert r[0, 0, 0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert s[0, 0, 0].tolist() == [2.0, 0.0, 0.0, 0.0]
+    r8, _ = norm(torch.full((1, 3, 1, 2), 3, dtype=torch.uint8), None)
+    assert r8.flatten().tolist() == [1.0] * 6
 
 
 class _PerPixel(nn.Module):
@@ -171,3 +213,17 @@ def test_integer_x_with_nodata_reads_as_nan_then_zero(tmp_path):
     assert x[0, 0, 3, 3] == data[0, 3, 3]
     _, s = spec.norm(torch.zeros(2, 1, 8, 8), torch.from_numpy(x))
     assert (s[0, 0, :2, :3] == 0).all() and s[0, 0, 3, 3] == (data[0, 3, 3] - 100.0) / 2.0
+
+
+def test_device_names_are_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda: no CUDA GPU is visible.*--device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="--device gpu: not a device name"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="2 GPU"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -65,3 +65,38 @@ def test_nodata_override_and_unknown_ids(tmp_path: Path) -> None:
     assert gdf["area"].tolist() == [200.0]
     empty = gpd.read_file(vectorize_classes(path, tmp_path / "b.gpkg", NAMES, min_area=1e6))
     assert len(empty) == 0 and empty.crs == gdf.crs
+
+
+def test_disk_full_leaves_nothing_and_names_the_file(class_raster: Path, tmp_path: Path,
+                                                     monkeypatch) -> None:  # fmt: skip
+    import errno
+
+    import pyogrio
+
+    from rsfusion.errors import PredictionError
+
+    write = pyogrio.write_dataframe
+    calls = []
+
+    def fill_up(frame, path, **kwargs):
+        calls.append(path)
+        write(frame, path, **kwargs)  # a part lands in the temporary file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pyogrio, "write_dataframe", fill_up)
+    with pytest.raises(PredictionError, match=r"cannot write .*out\.gpkg: No space left"):
+        vectorize_classes(class_raster, tmp_path / "out.gpkg", NAMES)
+    assert calls and [p.name for p in tmp_path.iterdir()] == ["classes.tif"]
+
+
+def test_planted_links_are_not_followed(class_raster: Path, tmp_path: Path) -> None:
+    import os
+
+    outside = tmp_path / "elsewhere.gpkg"
+    outside.write_text("keep me")
+    final = tmp_path / "out.gpkg"
+    pid = os.getpid()
+    for suffix in ("", "-wal", "-journal"):
+        (tmp_path / f".out.gpkg.{pid}.partial.gpkg{suffix}").symlink_to(outside)
+    vectorize_classes(class_raster, final, NAMES)
+    assert outside.read_text() == "keep me" and len(gpd.read_file(final)) > 0

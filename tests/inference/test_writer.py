@@ -136,3 +136,77 @@ def test_to_cog_averages_probabilities(tmp_path: Path) -> None:
         assert src.overviews(1)[0] == 2
         overview = src.read(1, out_shape=(150, 259))
         np.testing.assert_allclose(overview, 0.5, atol=0.01)  # nearest gives 0 or 1
+
+
+def _plant_links(folder: Path, final: Path, outside: Path) -> list[Path]:
+    """Symbolic links at every temporary name earlier versions used for ``final``."""
+    import os
+
+    pid = os.getpid()
+    names = [f".{final.name}.{pid}.partial", f".{final.name}.{pid}.partial.ovr.tif",
+             f".{final.name}.{pid}.partial.aux.xml", f".{final.name}.{pid}.part"]  # fmt: skip
+    links = [folder / n for n in names]
+    for link in links:
+        link.symlink_to(outside)
+    return links
+
+
+@pytest.mark.parametrize("cog", [False, True])
+def test_planted_links_never_redirect_the_writes(tmp_path: Path, cog: bool) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    final = out / "pred.tif"
+    links = _plant_links(out, final, outside)
+    arr = _classes()
+    if cog:
+        _write(out / "tiled.tif", arr)
+        to_cog(out / "tiled.tif", final)
+    else:
+        _write(final, arr)
+    assert outside.read_text() == "keep me"
+    assert all(link.is_symlink() for link in links)  # left as they were
+    with rasterio.open(final) as src:
+        np.testing.assert_array_equal(src.read(), arr)
+    hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
+    assert hidden == {link.name for link in links}  # no staging folder left
+
+
+def test_temporaries_live_in_a_private_folder_of_this_process(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from rsfusion.data.writers import staging_owner
+
+    seen = []
+    with StreamingGeoTIFF(tmp_path / "p.tif", GRID, count=1, dtype="uint8") as w:
+        assert w.tmp is not None and w.tmp.parent.parent == tmp_path
+        mode = w.tmp.parent.stat().st_mode
+        seen.append((stat.S_IMODE(mode), staging_owner(w.tmp.parent.name)))
+        w.write_rows(0, np.zeros((1, 300, 517), np.uint8))
+    assert seen[0][0] == 0o700 and seen[0][1][1] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_is_a_user_error_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    from rsfusion.errors import PredictionError
+
+    arr = _classes()
+    monkeypatch.setattr(StreamingGeoTIFF, "_flush", _disk_full)
+    with pytest.raises(PredictionError, match=r"cannot write .*pred\.tif: No space left") as err:
+        _write(tmp_path / "pred.tif", arr)
+    assert err.value.output == tmp_path / "pred.tif"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    _write(tmp_path / "tiled.tif", arr)
+    monkeypatch.setattr(rasterio.shutil, "copy", _disk_full)
+    with pytest.raises(PredictionError, match=r"cannot write .*cog\.tif: No space left"):
+        to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiled.tif"]

@@ -225,7 +225,9 @@ def test_datasets_put_metadata_in_every_sample_and_collate_it(tmp_path):
 def test_recipe_parts_take_their_stage_or_block_depth():
     torch.manual_seed(0)
     backbone = tiny_vit()
-    engine = DualStreamEngine(backbone, MoBaNet(backbone, 3, cpia="adapter", cpia_scope="stage", proj_dim=8))
+    engine = DualStreamEngine(
+        backbone, MoBaNet(backbone, 3, cpia="adapter", cpia_scope="stage", proj_dim=8)
+    )
     depths, total = engine.parameter_depths()
     assert total == 6  # stages (0-1), (2-3), (4-5): blocks 1..6
     assert depths["recipe.x_embed.proj.weight"] == 0

@@ -104,6 +104,8 @@ def load_backbone_weights(backbone: Backbone, spec: ModelSpec) -> None:
             )
         else:
             report = load_vit_weights(backbone.vit, spec.weights)
+    except ValueError as err:  # a file of another architecture: the loaders name both
+        raise WeightsError(f"model.weights {spec.weights}: {err}") from err
     except WeightsUnavailable as err:
         if spec.weights_required:
             raise WeightsError(str(err)) from err

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from rsfusion.errors import WeightsUnavailable
+from rsfusion.errors import WeightsError, WeightsUnavailable
 
 __all__ = [
     "LoadReport",
@@ -55,6 +54,7 @@ _VIT_NAMES = {
 }
 _NAME_PREFIXES = ("hf-hub:", "local-dir:")  # timm model-name schemes
 _FIX = "set model.weights=/path/to/file.pth"
+_RESAVE = "re-save the weights alone: torch.save(checkpoint['model'], 'weights.pth')"
 
 
 @dataclass
@@ -122,7 +122,8 @@ def load_vit_weights(
 
     Raises:
         WeightsUnavailable: the file does not exist, or the hub name cannot be fetched.
-        ValueError: the weights do not fit the model (the message names both models' dims).
+        WeightsError: the file cannot be read as data, or the weights do not fit the model
+            (the message names both models' dims).
     """
     path = Path(source).expanduser()
     if path.is_file():
@@ -138,7 +139,7 @@ def load_vit_weights(
     hint = _mismatch_hint(renamed, model)
     width = _width(renamed)
     if hint and (strict or (width is not None and width != model.embed_dim)):
-        raise ValueError(f"{label} does not fit the model: {hint}")
+        raise WeightsError(f"{label} does not fit the model: {hint}")
     expected = model.state_dict()
     state = {k: v for k, v in renamed.items() if k in expected}
     used = {origin[k] for k in state}
@@ -147,13 +148,15 @@ def load_vit_weights(
     bad = [k for k, v in state.items() if v.shape != expected[k].shape]
     if bad and strict:
         shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in bad]
-        raise ValueError(f"{label}: shapes do not fit: {_first(shapes, 3)}. {hint or ''}".rstrip())
+        raise WeightsError(
+            f"{label}: shapes do not fit: {_first(shapes, 3)}. {hint or ''}".rstrip()
+        )
     for k in bad:
         dropped.append(k)
         del state[k]
     missing = [k for k in expected if k not in state]
     if missing and strict:
-        raise ValueError(
+        raise WeightsError(
             f"{label}: {len(missing)} model keys not in the file: {_first(missing)}. "
             + (hint or _layout_hint(tensors))
         )
@@ -194,21 +197,21 @@ def _looks_like_path(source: str | Path) -> bool:
 
 
 def _read_file(path: Path) -> object:
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - safetensors ships with timm
-            raise ImportError(
-                f"{path}: reading .safetensors needs `pip install safetensors`"
-            ) from e
-        return load_file(str(path))
+    """A weights file as data: safetensors, or torch's format read by the package's one safe
+    reader (:func:`rsfusion.models.checkpoint.read_torch_file`: pickled objects never run)."""
+    from rsfusion.models.checkpoint import read_torch_file
+
+    if path.suffix != ".safetensors":
+        return read_torch_file(path, "weights", fix=_RESAVE)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} holds pickled Python objects besides tensors, which are not loaded for safety. "
-            "Re-save the weights alone: torch.save(checkpoint['model'], 'weights.pth')."
-        ) from e
+        from safetensors.torch import load_file
+    except ImportError as e:  # pragma: no cover - safetensors ships with timm
+        raise ImportError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
+    try:
+        return load_file(str(path))
+    except Exception as err:  # truncated, corrupt, not safetensors: one clear message
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsError(f"{path} cannot be read as safetensors ({first}); {_RESAVE}") from None
 
 
 def _unwrap(raw: object, label: str) -> dict[str, Tensor]:
@@ -222,7 +225,15 @@ def _unwrap(raw: object, label: str) -> dict[str, Tensor]:
     if isinstance(raw, Mapping):
         tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
     if not tensors:
-        raise ValueError(f"{label}: no tensors found (expected a state dict, maybe wrapped).")
+        raise WeightsError(f"{label}: no tensors found (expected a state dict, maybe wrapped).")
+    from rsfusion.models.checkpoint import nonfinite_tensors
+
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise WeightsError(
+            f"{label}: {len(bad)} of {len(tensors)} tensors hold NaN or inf (e.g. {bad[0]}); "
+            "these weights are broken: use another copy of the file"
+        )
     return tensors
 
 
@@ -263,7 +274,9 @@ def _fit_pos_embed(state: dict[str, Tensor], model: VisionTransformer, official:
     if have_prefix is None or (
         n - have_prefix != grid[0] * grid[1] and not _is_square(n - have_prefix)
     ):
-        raise ValueError(f"pos_embed with {n} positions is not a square grid plus class positions")
+        raise WeightsError(
+            f"pos_embed with {n} positions is not a square grid plus class positions"
+        )
     prefix, patches = pos[:, :have_prefix], pos[:, have_prefix:]
     if have_prefix == 1 and want_prefix == 0 and "cls_token" in state:
         state["cls_token"] = state["cls_token"] + prefix  # timm no_embed_class: fold it in
@@ -271,7 +284,7 @@ def _fit_pos_embed(state: dict[str, Tensor], model: VisionTransformer, official:
     elif have_prefix == 0 and want_prefix == 1:
         prefix = pos.new_zeros(1, 1, pos.shape[2])
     elif have_prefix != want_prefix:
-        raise ValueError(f"pos_embed has {have_prefix} class positions, the model {want_prefix}")
+        raise WeightsError(f"pos_embed has {have_prefix} class positions, the model {want_prefix}")
     notes = []
     if patches.shape[1] != grid[0] * grid[1]:
         side, c = math.isqrt(patches.shape[1]), patches.shape[2]

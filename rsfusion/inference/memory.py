@@ -1,0 +1,123 @@
+"""The memory a prediction needs, checked against what the machine has before any work.
+
+Prediction's memory does not grow with a raster's height, but it does with its width (the band
+of blended logits and the writers' tile rows span the whole width) and with the window (the
+batches of windows in flight, their logits, the blending weights). A file only *declares* its
+size (a VRT of a few hundred bytes can declare 10^6 x 10^6 pixels), so the sizes are checked
+first, and a prediction that cannot fit is refused with the numbers instead of failing with a
+MemoryError (or the machine swapping) part-way.
+
+Example:
+    >>> need = prediction_memory(width=2048, height=2048, window=512, stride=384, batch=4,
+    ...                          bands=4, classes=6)
+    >>> sorted(need), round(sum(need.values()) / 2**20)
+    (['blending weights', 'logits', 'output rows', 'row band', 'windows in flight'], 222)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from rsfusion.errors import PredictionError
+
+GIB = 1 << 30
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by the room
+    left under a cgroup (container) limit; very large when neither can be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            available = 1 << 62
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            available = min(available, max(limit - usage, 0))
+            break
+    return available
+
+
+def prediction_memory(
+    *,
+    width: int,
+    height: int,
+    window: int,
+    stride: int,
+    batch: int,
+    bands: int,
+    classes: int,
+    output_bytes: int = 1,
+    prefetch: int = 2,
+) -> dict[str, int]:
+    """Bytes the parts of a streamed prediction hold at once (the model's own memory aside).
+
+    Args:
+        width, height: the raster's size in pixels.
+        window, stride: the window plan (``stride = window - overlap``).
+        batch: windows per batch.
+        bands: input bands (RGB and X together).
+        classes: the model's classes.
+        output_bytes: bytes per pixel of the output rasters together (classes 1, probabilities
+            ``classes``, confidence 1).
+        prefetch: batches the reader keeps ready.
+    """
+    cols = 1 if width <= window else math.ceil((width - window) / stride) + 1
+    rows_touched = 1 + math.ceil((batch - 1) / cols)  # window rows one batch can span
+    band_rows = min(max(height, window), window + (rows_touched - 1) * stride)
+    return {
+        # blended values and weights, and the finished block taken out of them (softmax, argmax)
+        "row band": 2 * (classes + 1) * band_rows * width * 4,
+        # one tile row (512) of every output, and the orthophoto's mask rows
+        "output rows": min(512, height) * width * (output_bytes + 1),
+        # batches being read, run and blended: float32 inputs
+        "windows in flight": (prefetch + 2) * batch * bands * window * window * 4,
+        # the model's float32 logits of a batch, and the batch being blended
+        "logits": 2 * batch * classes * window * window * 4,
+        # one weight map per combination of raster sides a window touches
+        "blending weights": 10 * window * window * 4,
+    }
+
+
+def check_memory(need: dict[str, int], what: str, fix: str, available: int | None = None) -> None:
+    """Refuse (with the numbers) a prediction whose parts need more than the memory available.
+
+    Raises:
+        PredictionError: ``what`` needs more than ``available`` (default:
+            :func:`available_memory`) bytes; the message lists the parts and ``fix``.
+    """
+    total = sum(need.values())
+    available = available_memory() if available is None else available
+    if total <= available:
+        return
+    parts = ", ".join(f"{name} {size / GIB:.2f}" for name, size in need.items() if size)
+    raise PredictionError(
+        f"{what} needs at least {total / GIB:.1f} GiB of memory ({parts} GiB), the model aside, "
+        f"and {available / GIB:.1f} GiB are available: {fix}"
+    )

@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
 fi
-# ENVIRONMENT.md: this pair installs from the machine's disk (torch 2.13.0 CPU lacks torchvision).
+# torch and torchvision are installed as a matching pair (torchgeo, smp and timm need both).
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi

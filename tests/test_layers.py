@@ -1,4 +1,4 @@
-"""Imports point down the layers (ARCHITECTURE.md): cli -> inference, training -> models, data
+"""Imports point down the layers: cli -> inference, training -> models, data
 -> config, catalog, registry, errors; inference and training never import each other."""
 
 from __future__ import annotations

@@ -1,25 +1,31 @@
-"""``python scripts/evaluate.py --ckpt CKPT --cfg NAME [--set ...] --out DIR [--save-predictions]``.
+"""Score a checkpoint on the config's test tiles or images with the papers' protocols.
 
-Scores a checkpoint on the config's full test tiles (same config handling as train.py) with the
-papers' protocols:
+The config is handled as by train.py (a name in configs/ or a YAML path; --set
+overrides values).
 
-* **remote sensing (ISPRS)**: each full tile predicted by sliding windows (window = the config's
-  ``data.window``, 256 in the paper configs; stride 32) with the logits of overlapping windows
-  summed, exactly the prediction path of ``predict.py --blend sum``; scored on the eroded
-  (``*_noBoundary*``) labels: OA over all classes, mF1 / mIoU over all but clutter. A tile
-  without eroded labels is refused with the file looked for; ``--labels full`` scores every tile
-  on the full labels, ``--labels eroded-or-full`` falls back per tile, and ``metrics.json``
-  records the labels of every tile.
-* **natural images**: whole images, optionally multi-scale + flip (``--scales 0.5 0.75 1 1.25
-  1.5 1.75 --flip``): logits of every view resized back and summed. KTB checkpoints are scored
-  that way by default on natural images, as KTB reports its results (``--scales 1 --no-flip``
-  for single scale); everything else defaults to single scale, no flip.
+Remote sensing (ISPRS): each full tile is predicted by sliding windows (window =
+the config's data.window, 256 in the paper configs; stride 32) and the logits of
+overlapping windows are summed, exactly as predict.py --blend sum does. Tiles are
+scored on the eroded (*_noBoundary*) labels: OA over all classes, mF1 / mIoU over
+all but clutter. A tile without eroded labels is refused with the file looked
+for; --labels full scores every tile on the full labels, --labels eroded-or-full
+falls back per tile, and metrics.json records the labels of every tile.
 
-Each input mode (both inputs, RGB only, X only: the absent input zeroed after normalisation) gets
-a per-class table, a confusion-matrix figure and a JSON report; the modes are summarised in one
-table. DIR receives ``metrics.json`` (OA, mF1, mIoU, per-class F1/IoU as fractions, per tile),
-``reports/``, prediction overlays ``overlays/<stem>.png`` and, with ``--save-predictions``, each
-test tile's ``<stem>_classes.tif`` exactly as ``predict.py`` writes it.
+Natural images: whole images, optionally multi-scale + flip (--scales 0.5 0.75 1
+1.25 1.5 1.75 --flip): the logits of every view are resized back and summed. KTB
+checkpoints are scored that way by default on natural images, as KTB reports its
+results (--scales 1 --no-flip for single scale); everything else defaults to
+single scale, no flip.
+
+Each input mode (both inputs, RGB only, X only: the absent input zeroed after
+normalisation) gets a per-class table, a confusion-matrix figure and a JSON
+report; one table summarises the modes. The --out folder receives metrics.json
+(OA, mF1, mIoU, per-class F1 / IoU as fractions, per tile), reports/, prediction
+overlays overlays/<stem>.png and, with --save-predictions, each test tile's
+<stem>_classes.tif exactly as predict.py writes it.
+
+Example:
+  python scripts/evaluate.py --ckpt last.ckpt --cfg vaihingen_mobanet --out eval/
 """
 
 from __future__ import annotations
@@ -55,12 +61,23 @@ PAPER_TTA: dict[tuple[str, str], tuple[tuple[float, ...], bool]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rsfusion-evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rsfusion-evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     parser.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="override config values as train.py does, e.g. --set data.root=/data/vaihingen",
+    )  # fmt: skip
     parser.add_argument("--out", default="eval", help="output folder (default ./eval)")
-    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test",
+        help="split to score (default: test); val takes the config's data.val_tiles (ISPRS; "
+        "without them the split preset's test tiles) or the dataset's validation images",
+    )  # fmt: skip
     parser.add_argument(
         "--dataset", nargs="+", default=None,
         help="a generalist (joint) checkpoint: score only these of its datasets (default: all)",
@@ -71,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--window", type=int, help="sliding window (default: data.window)")
     parser.add_argument("--stride", type=int, default=32, help="sliding-window stride (32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
     parser.add_argument(
         "--labels", choices=LABEL_CHOICES, default=None,
         help="ISPRS labels to score on (default: data.eval_labels, eroded); eroded-or-full uses "
@@ -92,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--save-predictions", action="store_true",
-                        help="write each test tile's <stem>_classes.tif into DIR")  # fmt: skip
+                        help="write each test tile's <stem>_classes.tif into --out")  # fmt: skip
     parser.add_argument("--overlays", type=int, default=8,
                         help="prediction overlay PNGs for the first N tiles (0: none)")  # fmt: skip
     return parser

@@ -1,16 +1,21 @@
-"""``python scripts/predict.py --ckpt CKPT --rgb PATH|DIR [--x PATH|DIR] --out DIR [options]``.
+"""Predict class rasters from an RGB (+ X) raster pair, or from folders of pairs.
 
-Writes ``<stem>_classes.tif`` (colour table and class names), optionally ``<stem>_probs.tif``,
-``<stem>_confidence.tif`` and ``<stem>.gpkg``, on the RGB raster's grid, CRS and transform.
-With folders (or ``--pairs CSV``) every pair is predicted in turn; pairs whose outputs are all
-complete are skipped, so a rerun resumes. Under ``torchrun --nproc-per-node N`` each rank takes
-its share of the pairs (on its own GPU when there are GPUs) and writes its own files.
+Writes <stem>_classes.tif (colour table and class names) and optionally
+<stem>_probs.tif, <stem>_confidence.tif and <stem>.gpkg, on the RGB raster's
+grid, CRS and transform. With folders (or --pairs CSV) every pair is predicted in
+turn; pairs whose outputs are all complete are skipped, so a rerun resumes. Under
+torchrun --nproc-per-node N each rank takes its share of the pairs (on its own
+GPU when there are GPUs) and writes its own files.
 
-Outputs are named after the whole RGB file name; a run in which two inputs would write the same
-outputs is refused before any work. In a folder run a raster that cannot be predicted (corrupt,
-truncated, wrong bands) is reported and the others go on; the run then ends with an error
-listing the failures (exit 2). A full disk stops the run. Temporary files live in private
-staging folders in --out, removed when a run ends and, after a hard kill, by the next run.
+Outputs are named after the whole RGB file name; a run in which two inputs would
+write the same outputs is refused before any work. In a folder run a raster that
+cannot be predicted (corrupt, truncated, wrong bands) is reported and the others
+go on; the run then ends with an error listing the failures (exit 2). A full
+disk stops the run. Temporary files live in private staging folders in --out,
+removed when a run ends and, after a hard kill, by the next run.
+
+Example:
+  python scripts/predict.py --ckpt last.ckpt --rgb top.tif --x dsm.tif --out pred/
 """
 
 from __future__ import annotations
@@ -51,7 +56,11 @@ from rsfusion.models.checkpoint import CheckpointMeta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rsfusion-predict", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="rsfusion-predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--ckpt", required=True, help="checkpoint written by train.py, or a .onnx from export.py"
     )
@@ -72,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--window", type=int, help="window size (default: the training window)")
     p.add_argument("--overlap", type=int, help="overlap in pixels (default: window / 4)")
-    p.add_argument("--blend", choices=("cosine", "linear", "none", "sum"), default="cosine")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--blend", choices=("cosine", "linear", "none", "sum"), default="cosine",
+        help="how overlapping windows are merged: cosine (default) or linear weight ramps over "
+        "the overlap, none (each window's centre only), sum (logits summed, the ISPRS protocol)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (4)")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     p.add_argument("--confidence", action="store_true", help="also write max probability")
     p.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")

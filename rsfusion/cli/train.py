@@ -1,9 +1,14 @@
-"""``python scripts/train.py --cfg NAME [--set a.b=v ...] [--resume CKPT | --init-from CKPT]
-[--dry-run] [--out DIR]``.
+"""Train a model from a config (a name in configs/ or a YAML path).
 
-``--resume`` continues a run (optimiser, schedule, epoch); ``--init-from`` starts a new run from
-another run's weights, e.g. SegRGB-X's per-dataset fine-tuning from the generalist checkpoint
-(the model, its classes and frozen parts must be the same; the data may differ).
+--set overrides config values (dotted keys, e.g. data.root=/data/vaihingen).
+--resume continues a run (optimiser, schedule, epoch); --init-from starts a new
+run from another run's weights, e.g. SegRGB-X's per-dataset fine-tuning from the
+generalist checkpoint (the model, its classes and frozen parts must be the same;
+the data may differ). --dry-run builds the model, prints its parameters, checks
+the data root and exits.
+
+Example:
+  python scripts/train.py --cfg vaihingen_mobanet --set data.root=/data/vaihingen
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ Loaded = tuple[dict[str, Any], CheckpointMeta]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rsfusion-train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rsfusion-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
     parser.add_argument(
         "--set",

@@ -1,4 +1,4 @@
-"""Generalist training data (SegRGB-X, METHODS.md section 4; paper section III-E, eq. 8): one
+"""Generalist training data (SegRGB-X, arXiv 2603.28023, section III-E, eq. 8): one
 datamodule over several datasets whose labels meet in a unified label space.
 
 The config's ``data.joint`` names the sources: each is the ``data`` section with its overrides

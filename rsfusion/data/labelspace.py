@@ -2,7 +2,7 @@
 
 One model is trained over several datasets with a unified label space; the loss is
 ``CE(X, Y) + CE(remap(X), remap(Y))`` with ``remap`` = unified -> the dataset's own classes
-(METHODS.md section 4; SegRGB-X paper eq. 8). The classes and every dataset's mapping live in
+(SegRGB-X paper, arXiv 2603.28023, eq. 8). The classes and every dataset's mapping live in
 ``data_catalog/label_spaces/unified.yaml``; here they become lookup tables usable on tensors on
 any device.
 

@@ -1,10 +1,10 @@
-"""CPAL (Liu et al., IEEE TCSVT 2025) on the dual-stream engine (METHODS.md section 2).
+"""CPAL (Liu et al., IEEE TCSVT 2025) on the dual-stream engine (the README's CPAL section).
 
 Recipe parts (README hook table, column CPAL):
 
 * ``embed_x``: the backbone's own stem, shared by both streams (a 1-channel X is repeated);
 * ``in_block``: CPAL's multi-modal cross prompter (:class:`MCP`) on the block halves, the
-  four interleaved residual updates of METHODS.md section 2 (DCN half of RGB, of X, MLP half of
+  four interleaved residual updates of the authors' code (DCN half of RGB, of X, MLP half of
   RGB, of X; each prompt read from the other stream's latest tokens);
 * block weights: frozen, with LoRA (rank 8, alpha 1) on the last stage's DCNv3 ``offset`` and
   ``mask`` Linears of an InternImage (shared by both streams; ``faithful`` adds the authors'
@@ -42,7 +42,7 @@ __all__ = ["CPAL", "default_lora_targets"]
 
 def default_lora_targets(backbone: Backbone, stages: Sequence[int]) -> list[str]:
     """CPAL's LoRA targets: the DCNv3 offset and mask Linears of ``stages`` of an InternImage
-    (METHODS.md 2: the last stage); other backbones have none unless named."""
+    (CPAL: the last stage only); other backbones have none unless named."""
     from rsfusion.models.backbones.internimage import InternImageBackbone
 
     if not isinstance(backbone, InternImageBackbone):

@@ -191,7 +191,7 @@ class DualStreamEngine(SegmentationModel):
         """Logits (or ``{"out", "aux"}`` in training) for ``rgb`` and ``x`` (B, C, H, W).
 
         ``token_drop``: per-sample booleans (B,) for RGB and X; those samples' whole token maps
-        are zeroed right after patch embedding (KTB's MMST, METHODS.md section 1).
+        are zeroed right after patch embedding (KTB's MMST).
         ``meta``: per-sample metadata (default: :attr:`default_meta` for every sample).
         """
         if x is None:

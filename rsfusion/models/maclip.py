@@ -1,5 +1,5 @@
 """MA-CLIP: a frozen CLIP with a LoRA pool, one LoRA per X modality (SegRGB-X, arXiv 2603.28023,
-Sec. III-B, Fig. 3, eq. 1; METHODS.md section 4).
+Sec. III-B, Fig. 3, eq. 1).
 
 Both CLIP encoders stay frozen; only the pool is trained, contrastively between caption
 embeddings ``S^t`` (repeated) and the image embeddings ``{S^r, S^m}`` of an (RGB, X) pair, where

@@ -1,4 +1,4 @@
-"""SegRGB-X (arXiv 2603.28023) on the dual-stream engine (METHODS.md section 4).
+"""SegRGB-X (arXiv 2603.28023) on the dual-stream engine (the README's SegRGB-X section).
 
 One generalist model for every RGB-X modality. Recipe parts (README hook table, column SegRGB-X):
 
@@ -49,7 +49,7 @@ from rsfusion.registry import register_model
 
 __all__ = ["SegRGBX"]
 
-#: CMX's FFM heads per stage (METHODS.md 4, "Heads per stage (1,2,5,8)") = MiT's heads.
+#: CMX's FFM heads per stage (CMX authors' code: (1, 2, 5, 8)) = MiT's heads.
 FFM_HEADS = (1, 2, 5, 8)
 #: the key of the learnable embedding used for samples without a modality (no MA-CLIP)
 _NONE = "none"

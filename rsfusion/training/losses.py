@@ -1,7 +1,7 @@
 """Segmentation losses: plain cross-entropy and error-aware auxiliary supervision.
 
 Three of the four methods train single-modality auxiliary heads on a target that depends on where
-the main (fused) head is right (METHODS.md sections 1 and 3; ARCHITECTURE.md row "aux target"):
+the main (fused) head is right (KTB, Cai et al. CVPR 2025; MoBaNet, arXiv 2026):
 
 - ``hard`` (MoBaNet hard-pixel supervision): aux heads learn only the pixels the main head got
   **wrong**; those it got right are ignored.
@@ -64,8 +64,8 @@ def aux_target(main: Tensor, target: Tensor, mode: AuxMode, ignore_index: int = 
     Args:
         main: (B, K, H, W) main logits at the label size (detached here).
         target: (B, H, W) labels.
-        mode: ``"hard"`` keeps the pixels the main head got wrong (MoBaNet, METHODS.md 3);
-            ``"self_teaching"`` keeps those it got right (KTB, METHODS.md 1).
+        mode: ``"hard"`` keeps the pixels the main head got wrong (MoBaNet's hard pixels);
+            ``"self_teaching"`` keeps those it got right (KTB's self-teaching).
         ignore_index: label id of unlabelled pixels (they stay ignored).
     """
     if mode not in _AUX_MODES:
@@ -95,7 +95,7 @@ class SegmentationLoss(nn.Module):
 class AuxSupervision(nn.Module):
     """Main CE plus error-aware auxiliary CE (MoBaNet hard pixels / KTB self-teaching).
 
-    ``L = CE(main, y) + weight * sum_k CE(aux_k, y')`` (METHODS.md sections 1 and 3); see
+    ``L = CE(main, y) + weight * sum_k CE(aux_k, y')`` (KTB and MoBaNet, both weight 0.01); see
     :func:`aux_target` for ``y'``. Aux logits of another size are bilinearly resized to the
     label size first.
 

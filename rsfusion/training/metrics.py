@@ -2,7 +2,7 @@
 
 Which protocol reports what:
 
-- ISPRS Vaihingen / Potsdam (METHODS.md section 5): ``OA`` over all 6 classes; ``mF1`` and
+- ISPRS Vaihingen / Potsdam (the ISPRS protocol): ``OA`` over all 6 classes; ``mF1`` and
   ``mIoU`` over the 5 classes without clutter (``metric_classes=[0, 1, 2, 3, 4]``); eroded-boundary
   pixels are ``ignore_index`` and never reach the matrix.
 - Natural-image RGB-X datasets (NYU Depth v2, MFNet, ...): ``mIoU``, ``mAcc`` and ``PA`` over all

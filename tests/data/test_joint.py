@@ -1,4 +1,4 @@
-"""Generalist training data (SegRGB-X, METHODS.md section 4): one datamodule over MFNet, DeLiVER
+"""Generalist training data (SegRGB-X, arXiv 2603.28023): one datamodule over MFNet, DeLiVER
 (fake releases) and the demo scene (ISPRS Vaihingen layout), masks in unified ids."""
 
 from __future__ import annotations

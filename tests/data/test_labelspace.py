@@ -1,4 +1,4 @@
-"""Unified label space (METHODS.md section 4): one-to-one per dataset, remap both ways."""
+"""Unified label space (SegRGB-X, eq. 8): one-to-one per dataset, remap both ways."""
 
 from __future__ import annotations
 

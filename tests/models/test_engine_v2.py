@@ -287,7 +287,7 @@ def test_the_readme_hook_table_is_the_recipe_api_and_recipes_use_only_it():
 
 # --------------------------------------------------------------------------- block halves
 class Interleaved(Head):
-    """CPAL's four interleaved residual updates (METHODS.md section 2) on the block halves:
+    """CPAL's four interleaved residual updates (authors' code) on the block halves:
     mixer of RGB, of X, MLP of RGB, of X, each adding a prompt of the other stream's updated
     tokens (here a fixed scale ``p`` of them)."""
 

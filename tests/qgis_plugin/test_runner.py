@@ -182,8 +182,8 @@ def test_cancel_sends_sigint_then_sigterm_then_sigkill(tmp_path, ignore, signals
         tmp_path,
         f"""
         {ignore}
-        print("started", flush=True)
-        try:
+        try:  # SIGINT may land right as the line is flushed
+            print("started", flush=True)
             time.sleep(60)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted: nothing was left under a final name\\n")

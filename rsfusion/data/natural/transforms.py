@@ -1,5 +1,5 @@
-"""Batching samples of varying size (METHODS.md recipes; the issue's "cropped or resized per
-sample on the CPU before batching"): padding to a common size, and per-sample resize, random
+"""Batching samples of varying size (the papers' recipes rescale and crop per sample, done on
+the CPU before batching): padding to a common size, and per-sample resize, random
 rescale and random crop.
 """
 
@@ -40,7 +40,7 @@ def pad_collate(samples: list[Sample], multiple: int = 32, ignore_index: int = 2
 
 class SampleResizeCrop:
     """Per-sample CPU resize, random rescale and random crop, for releases whose images differ
-    in size (METHODS.md recipes: resize .5-2, then crop, e.g. SUN-RGBD 480x480).
+    in size (the papers' recipes: resize .5-2, then crop, e.g. KTB's SUN-RGBD 480x480).
 
     Args:
         size: fixed ``(h, w)`` every sample is resized to first, or None.

@@ -3,7 +3,7 @@
 A backbone is an embedding followed by stages of blocks. The engine owns the walk (both
 streams, hooks at fixed points); the backbone says how to embed, run one block (or one of its
 two halves: token mixer, MLP) on a named stream, leave a stage (output norm, tokens -> map) and
-enter the next (downsampling). ARCHITECTURE.md; the hook table is in the README.
+enter the next (downsampling). The README's section "The engine's hook table" lists the hooks.
 
 Every call that runs backbone modules on one stream names the stream ('rgb' or 'x') and runs
 inside :func:`stream_scope`, so a part injected into the backbone (per-stream LoRA,

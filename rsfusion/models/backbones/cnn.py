@@ -99,7 +99,7 @@ class TimmCNNBackbone(Backbone):
     (B, C, H, W); :meth:`stage_output` returns the map, which the next stage reads.
 
     A CNN block has no attention / MLP split; the closest analogue of the halves (KTB's "read
-    after the attention residual, add after the FFN residual", METHODS.md section 1) is used:
+    after the attention residual, add after the FFN residual", authors' code) is used:
     the mixer half is the whole block and the MLP half the identity, so an adapter reads the
     block's output and its delta is added to it.
     Inputs are zero-padded right/bottom to a multiple of the largest reduction (:attr:`stride`),

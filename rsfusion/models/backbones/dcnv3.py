@@ -9,8 +9,8 @@ position from the input, values at fractional positions are bilinear interpolati
 outside the map).
 
 :func:`dcnv3_core` is that sum as the authors' PyTorch reference
-(``classification/ops_dcnv3/functions/dcnv3_func.py``, ``dcnv3_core_pytorch``; METHODS.md
-section 2): reference points plus the k x k dilation grid per group, offsets scaled by
+(``classification/ops_dcnv3/functions/dcnv3_func.py``, ``dcnv3_core_pytorch``; no custom
+CUDA op): reference points plus the k x k dilation grid per group, offsets scaled by
 ``offset_scale / (W, H)``, converted to [-1, 1] and sampled with ``F.grid_sample`` (bilinear,
 zero padding, ``align_corners=False``) on the input laid out as (N*group, group_channels, H, W),
 weighted by the mask and summed over the kernel points. The kernel points are ordered
@@ -160,7 +160,7 @@ class DCNv3(nn.Module):
     (:func:`dcnv3_core`) samples ``x``; with ``center_feature_scale`` the result is blended with
     ``x`` by a per-group gate ``s = sigmoid(f W^T + b)`` as ``core * (1 - s) + x * s``
     (InternImage-H/G); then ``output_proj``. ``offset`` and ``mask`` are plain ``nn.Linear``
-    modules called as modules, so a PEFT part may wrap them (CPAL's LoRA, METHODS.md section 2).
+    modules called as modules, so a PEFT part may wrap them (CPAL's LoRA, last stage).
 
     Initialisation as the authors' ``_reset_parameters``: ``offset`` and ``mask`` zero (the
     kernel starts as a uniform k x k average), ``input_proj`` / ``output_proj`` Xavier-uniform

@@ -1,4 +1,4 @@
-"""InternImage (DCNv3 backbone) as an engine backbone (CPAL, METHODS.md section 2).
+"""InternImage (DCNv3 backbone) as an engine backbone (CPAL; the README's CPAL section).
 
 InternImage (Wang et al., "InternImage: Exploring Large-Scale Vision Foundation Models with
 Deformable Convolutions", CVPR 2023, Sec. 3.2, Fig. 3) is a stem (two stride-2 3x3 convs with
@@ -33,7 +33,7 @@ OpenGVLab/InternImage):
   (5, 5, 22, 5), (10, 20, 40, 80), offset 2, 1e-5, post-norm. XL: 192, (5, 5, 24, 5),
   (12, 24, 48, 96), offset 2, 1e-5, post-norm. H: 320, (6, 6, 32, 6), (10, 20, 40, 80),
   offset 1, no layer scale, ``dw_kernel_size`` 5, ``res_post_norm``, ``level2_post_norm``
-  at block ids (5, 11, 17, 23, 29), ``center_feature_scale`` (METHODS.md section 2 agrees).
+  at block ids (5, 11, 17, 23, 29), ``center_feature_scale`` (as CPAL's InternImage-H).
   G: 512, (2, 2, 48, 4), (16, 32, 64, 128), dw 5, post-norm, level-2 post-norms every 6th
   block, centre feature scale.
 * The segmentation configs (``segmentation/configs/ade20k/upernet_internimage_*``) build the

@@ -1,5 +1,5 @@
-"""Load pre-trained InternImage weights into an :class:`InternImageBackbone` (CPAL, METHODS.md
-section 2).
+"""Load pre-trained InternImage weights into an :class:`InternImageBackbone` (CPAL's
+backbone).
 
 The backbone's keys are the authors' own (``patch_embed.*``, ``levels.{i}.blocks.{j}.dcn.*``,
 ``levels.{i}.downsample.*``, ``levels.{i}.norm.*``, ``levels.2.post_norms.*``; module docstring

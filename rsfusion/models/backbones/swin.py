@@ -1,4 +1,4 @@
-"""timm Swin Transformers as frozen engine backbones (KTB, METHODS.md section 1).
+"""timm Swin Transformers as frozen engine backbones (KTB, Cai et al. CVPR 2025).
 
 Four stages at strides 4..32 with widths ``embed * 2**i``. States between hooks are tokens
 (B, h*w, C); each block runs on the (B, h, w, C) grid inside the adapter. The patch merging

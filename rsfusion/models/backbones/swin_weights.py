@@ -1,6 +1,6 @@
 """Load pre-trained Swin weights into a :class:`SwinBackbone` (or a bare timm SwinTransformer).
 
-Layouts read (METHODS.md section 1, KTB):
+Layouts read (KTB's Swin checkpoints among them):
 
 * **official** (microsoft/Swin-Transformer): ``{"model": ...}``, patch merging stored at the end
   of stage ``i`` as ``layers.i.downsample``, classifier ``head.*``;

@@ -1,6 +1,6 @@
 """timm Vision Transformers in the DINOv2 layout as frozen engine backbones (MoBaNet, CPAL).
 
-The ViT's blocks are grouped into four "stages" ending at the taps of METHODS.md section 3:
+The ViT's blocks are grouped into four "stages" ending at the taps MoBaNet uses:
 blocks (2, 5, 8, 11) for ViT-S/B, (5, 11, 17, 23) for ViT-L, (9, 19, 29, 39) for ViT-G; all
 taps at 1/patch resolution. Inputs are padded (right/bottom) to a multiple of the patch size
 (256 -> 266 for patch 14); the engine crops the logits back.
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from rsfusion.errors import BlockSplitError
 from rsfusion.models.backbones.base import Backbone, StageInfo, StreamState
 
-#: Tap blocks (0-based, inclusive) by depth: METHODS.md section 3.
+#: Tap blocks (0-based, inclusive) by depth, as MoBaNet's (ViT-S/B: 12 blocks, L: 24, G: 40).
 DEFAULT_TAPS = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23), 40: (9, 19, 29, 39)}
 
 

@@ -1,7 +1,7 @@
 """CMX's feature rectification (FRM) and feature fusion (FFM) modules, as SegRGB-X uses them.
 
 Zhang et al., "CMX: Cross-Modal Fusion for RGB-X Semantic Segmentation with Transformers",
-T-ITS 2023, Sec. III-B/C; METHODS.md section 4, block "CMX modules used by SegRGB-X" [code].
+T-ITS 2023, Sec. III-B/C; SegRGB-X (arXiv 2603.28023) uses them per stage on MiT.
 Checked against the authors' ``models/net_utils.py`` (huaaaliu/RGBX_Semantic_Segmentation,
 commit e251d86): ``FeatureRectifyModule`` and ``FeatureFusionModule`` (``CrossPath`` then
 ``ChannelEmbed``). Written anew here; the behaviour, parameter shapes and initialisation follow
@@ -68,7 +68,7 @@ def _check_pair(x1: Tensor, x2: Tensor, dim: int) -> None:
 
 
 class FRM(nn.Module):
-    """Feature rectification module, CMX (T-ITS 2023) Sec. III-B, eq. (1)-(4) (METHODS.md 4).
+    """Feature rectification module, CMX (T-ITS 2023) Sec. III-B, eq. (1)-(4).
 
     On maps ``x1`` (RGB) and ``x2`` (X) of shape (B, C, H, W), with ``x = concat(x1, x2)``::
 
@@ -139,7 +139,7 @@ class FRM(nn.Module):
 
 
 class FFM(nn.Module):
-    """Feature fusion module, CMX (T-ITS 2023) Sec. III-C, eq. (5)-(8) (METHODS.md 4).
+    """Feature fusion module, CMX (T-ITS 2023) Sec. III-C, eq. (5)-(8).
 
     Stage 1, information exchange ("CrossPath"), on tokens ``x_m`` (B, N, C), h = C // r::
 

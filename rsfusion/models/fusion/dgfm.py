@@ -1,4 +1,4 @@
-"""MoBaNet's difference-guided gated fusion (DGFM), METHODS.md section 3 step 3 (arXiv 2026)."""
+"""MoBaNet's difference-guided gated fusion (DGFM), arXiv 2026, Fig. 1."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 
 class DGFM(nn.Module):
-    """Difference-guided gated fusion, MoBaNet (arXiv 2026) Fig. 1 DGFM (METHODS.md 3, step 3).
+    """Difference-guided gated fusion, MoBaNet (arXiv 2026) Fig. 1 DGFM (per stage).
 
     On stage maps (B, C, H, W)::
 

@@ -1,4 +1,4 @@
-"""KTB's dynamic sparse cross-modality fusion (DSCF), METHODS.md section 1 (Cai et al., CVPR 2025).
+"""KTB's dynamic sparse cross-modality fusion (DSCF), Cai et al., CVPR 2025.
 
 A deformable-attention fusion in the spirit of DAT (Xia et al., CVPR 2022): every pixel of the
 fused query map attends to a sparse set of keys sampled from both modalities at learned
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 __all__ = ["DSCF", "DSCFParts", "dscf_stage_options"]
 
-# METHODS.md 1, per stage (paper stages 1-4 = engine stages 0-3).
+# The authors' settings per stage (paper stages 1-4 = engine stages 0-3).
 _STRIDES = (8, 4, 2, 1)
 _GROUPS = (1, 2, 4, 8)
 _HEADS = (2, 4, 8, 16)
@@ -25,7 +25,7 @@ _LAYER_SCALE = (1e-3, 1e-3, 1e-3, 1.0)
 
 
 def dscf_stage_options(stage: int, feature_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """KTB's per-stage DSCF settings (METHODS.md 1), keyword arguments for :class:`DSCF`.
+    """KTB's per-stage DSCF settings (authors' code), keyword arguments for :class:`DSCF`.
 
     Args:
         stage: 0-based stage index as the engine passes it (0..3 = the paper's stages 1..4).
@@ -69,7 +69,7 @@ class DSCFParts:
 
 
 class _OffsetNet(nn.Module):
-    """Offset network, one per modality, shared by its groups (METHODS.md 1).
+    """Offset network, one per modality, shared by its groups (authors' code).
 
     Depthwise Conv k9 stride s pad 4 -> LayerNorm over channels -> GELU -> Conv1x1 -> 2 (no bias).
     The two output channels are (x, y) offsets in normalised [-1, 1] coordinates.
@@ -101,7 +101,7 @@ def _pixel_grid(height: int, width: int, step: int, device=None, dtype=None) -> 
 
 
 class DSCF(nn.Module):
-    """Dynamic sparse cross-modality fusion, KTB (CVPR 2025) DSCF (METHODS.md 1).
+    """Dynamic sparse cross-modality fusion, KTB (CVPR 2025) DSCF (authors' code).
 
     On two normalised stage maps (B, C, H, W)::
 
@@ -181,7 +181,7 @@ class DSCF(nn.Module):
             self.norm.requires_grad_(False)
 
     def reference_points(self, height: int, width: int, device=None, dtype=None) -> Tensor:
-        """Reference grid (Hk, Wk, 2) as (x, y) in [-1, 1] (METHODS.md 1) [inf].
+        """Reference grid (Hk, Wk, 2) as (x, y) in [-1, 1] [inf].
 
         The points are the input pixels (i*s, j*s), the centres of the offset net's strided
         9x9 receptive fields, so zero offsets sample ``t[..., ::s, ::s]`` exactly.
@@ -196,7 +196,7 @@ class DSCF(nn.Module):
         """Positions (B, G, 2*Ns, 2), RGB set then X set: clamp(ref + offset, -1, 1).
 
         ``r`` and ``x`` are the reduced maps (B, d, H, W); each modality's offset net reads its
-        own map, group by group (METHODS.md 1) [inf: which map feeds the offset nets].
+        own map, group by group [inf: which map feeds the offset nets].
         """
         b, _, h, w = r.shape
         ref = self.reference_points(h, w, r.device, r.dtype).reshape(1, -1, 2)
@@ -229,7 +229,7 @@ class DSCF(nn.Module):
         return bias.reshape(b, self.heads, height * width, n)
 
     def final_norm(self, t: Tensor) -> Tensor:
-        """Final LayerNorm over C; ``faithful``: always the identity affine (METHODS.md 1)."""
+        """Final LayerNorm over C; ``faithful``: always the identity affine (as the authors do)."""
         if self.faithful:
             return F.layer_norm(t, (self.dim,), None, None, self.norm.eps)
         return self.norm(t)
@@ -242,7 +242,7 @@ class DSCF(nn.Module):
                 f"{tuple(rgb.shape)} and {tuple(x.shape)}"
             )
         b, _, h, w = rgb.shape
-        # METHODS.md 1: per-modality Linear C->d.
+        # Per-modality Linear C->d (d = C / reduction, 8 in KTB).
         r = self.reduce_rgb(rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         s = self.reduce_x(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         # F = GELU(BN(Conv3x3(concat))), Q = Conv1x1(F).

@@ -1,6 +1,6 @@
 """SegRGB-X's domain-specific refinement module (DSRM), arXiv 2603.28023 Sec. III-D, eq. (2)-(7).
 
-METHODS.md section 4. Structure (h) of the paper's Fig. 6 (best in Tab. IV): a channel
+Structure (h) of the paper's Fig. 6 (best in Tab. IV): a channel
 attention whose query comes from learnable universal prompts U, then a spatial multi-head
 cross-attention whose query comes from the MA-CLIP embedding S, then a residual. One DSRM
 (shared weights) is called on (F4^r, S^r) and on (F4^m, S^m) ("Aligned", Tab. VIII; Fig. 4:
@@ -39,8 +39,8 @@ g the prompt grid side)::
     1 x 1 map there is one key, so S has no effect there (its branch gets no gradient).
  6. out = F + W_o F_s with W_o = Linear(C, C) zero-initialised (weight and bias): the module
     starts as the exact identity, so inserting it does not perturb a pre-trained backbone;
-    W_o gets a gradient on the first step, everything else from the second. [inf] METHODS.md
-    4 "residual"; the paper names no output projection or normalisation (none is used).
+    W_o gets a gradient on the first step, everything else from the second. [inf] The
+    paper says "residual" and names no output projection or normalisation (none is used).
  7. The bias-free W^Q are applied on the g x g grid before resizing; bilinear resizing is
     linear per channel, so this equals resizing first. [inf]
 
@@ -69,7 +69,7 @@ def _resize(grid: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class DSRM(nn.Module):
-    """Domain-specific refinement module, SegRGB-X eq. (2)-(7), Fig. 6 (h) (METHODS.md 4).
+    """Domain-specific refinement module, SegRGB-X eq. (2)-(7), Fig. 6 (h).
 
     On a stage-4 map ``feature`` F (B, C, H, W) and its MA-CLIP embedding S (B, E)::
 

@@ -1,6 +1,6 @@
 """CPAL's gated perception module (GPM), Liu et al., IEEE TCSVT 2025, eq. (13)-(18), Fig. 4.
 
-METHODS.md section 2. One GPM per stage fuses the prompted RGB and X stage maps into the map
+One GPM per stage fuses the prompted RGB and X stage maps into the map
 that replaces the RGB feature sent to the decoder head.
 
 Width at run time. The paper's ``Linear`` layers (eq. 13, 14, 16) act on the width axis of
@@ -48,7 +48,7 @@ def gpm_width(input_width: int, stride: int) -> int:
 
 
 class GPM(nn.Module):
-    """Gated perception module, CPAL (TCSVT 2025) eq. (13)-(18), Fig. 4 (METHODS.md 2).
+    """Gated perception module, CPAL (TCSVT 2025) eq. (13)-(18), Fig. 4.
 
     On stage maps ``rgb`` and ``x`` (B, C, H, W), with ``Lin`` Linear layers over the width
     axis (each of the h channels is H tokens of W features)::
@@ -62,7 +62,7 @@ class GPM(nn.Module):
 
     Eq. 13 writes ``V_RGB = Linear(conv(T_RGB))`` and eq. 17 adds ``V_RGB``; the authors' code
     (``CrossAttentionWithForgetGate_*``) adds ``conv(rgb)`` before any Linear, as here
-    (METHODS.md 2 [code]; the paper calls it "the raw feature"). Queries come from X, keys,
+    (the code's choice; the paper calls it "the raw feature"). Queries come from X, keys,
     values and the residual from RGB (their call ``Gated_attention_i(seq_out_i[i], seq_out[i])``).
 
     Args:

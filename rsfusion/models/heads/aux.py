@@ -1,4 +1,4 @@
-"""Single-modality auxiliary head of MoBaNet (arXiv 2026), METHODS.md section 3 "Aux heads"."""
+"""Single-modality auxiliary head of MoBaNet (arXiv 2026): its RGB and X heads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rsfusion.models.heads.upernet import ConvBNAct
 
 
 class AuxHead(nn.Module):
-    """Auxiliary head, MoBaNet Fig. 1 S1-S3 branches (METHODS.md 3): ConvBNReLU 3x3, drop, 1x1.
+    """Auxiliary head, MoBaNet Fig. 1 S1-S3 branches (authors' code): ConvBNReLU 3x3, drop, 1x1.
 
     Args:
         in_channels: input channels (MoBaNet: the 256-channel stage-1 projections).

@@ -1,4 +1,4 @@
-"""LightHamHead: the Hamburger decoder with NMF, CPAL-T's head (METHODS.md section 2 "Heads").
+"""LightHamHead: the Hamburger decoder with NMF, CPAL-T's head (CPAL, TCSVT 2025).
 
 Geng et al., "Is Attention Better Than Matrix Decomposition?" (ICLR 2021), as mmsegmentation's
 ``LightHamHead`` (SegNeXt's light Hamburger head), which CPAL's ``configs/_base_/models/
@@ -18,8 +18,8 @@ The NMF runs in float32 (autocast off) whatever the input dtype.
 CPAL's own config differs from the mmseg/SegNeXt defaults in two ways: it feeds all four
 stages (``in_index=[0, 1, 2, 3]``, in_channels 320/640/1280/2560) and, although it defines
 ``ham_norm_cfg = GN(32)``, passes ``norm_cfg = SyncBN`` to the head. The defaults here are the
-brief's (last three levels, GroupNorm 32); ``in_index=(0, 1, 2, 3), norm="bn"`` reproduces the
-authors' config.
+mmseg/SegNeXt ones (last three levels, GroupNorm 32); ``in_index=(0, 1, 2, 3), norm="bn"``
+reproduces the authors' config.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class Hamburger(nn.Module):
 
 
 class LightHamHead(nn.Module):
-    """Light Hamburger head (SegNeXt / mmseg ``LightHamHead``), CPAL-T's decoder (METHODS.md 2).
+    """Light Hamburger head (SegNeXt / mmseg ``LightHamHead``), CPAL-T's decoder.
 
     The selected levels (``in_index``, default the last three) are resized to the first
     selected level (bilinear, align_corners=False), concatenated, squeezed by a 1x1

@@ -1,4 +1,4 @@
-"""SegFormer all-MLP decoder (Xie et al., NeurIPS 2021): KTB's three heads (METHODS.md 1)."""
+"""SegFormer all-MLP decoder (Xie et al., NeurIPS 2021): KTB's three heads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rsfusion.models.heads.upernet import finest_size, resize_to
 
 
 class SegFormerHead(nn.Module):
-    """SegFormer all-MLP decoder, Xie et al. NeurIPS 2021 eq. (4) (METHODS.md 1 "Heads").
+    """SegFormer all-MLP decoder, Xie et al. NeurIPS 2021 eq. (4) (KTB's heads).
 
     Per level a Linear C_i->E on the tokens, each upsampled to the finest level, concatenated,
     fused by a 1x1 conv E*L->E + BN + ReLU, dropout and a 1x1 classifier. KTB uses E = 512 for

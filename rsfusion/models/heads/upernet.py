@@ -1,4 +1,4 @@
-"""UPerNet decoder (pyramid pooling + FPN) as MoBaNet uses it, METHODS.md section 3 "Decoder".
+"""UPerNet decoder (pyramid pooling + FPN) as MoBaNet uses it (its decoder).
 
 Xiao et al., "Unified Perceptual Parsing" (ECCV 2018) structure with MoBaNet's (arXiv 2026)
 settings: 64 channels, Conv-BN-ReLU6 blocks, pool scales (1, 2, 3, 6), Dropout2d 0.1. It takes
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv-BN-activation block (ConvBNReLU6 of MoBaNet's decoder, METHODS.md 3 "Decoder")."""
+    """Conv-BN-activation block (ConvBNReLU6 of MoBaNet's decoder)."""
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class PPM(nn.Module):
 
 
 class UPerNetHead(nn.Module):
-    """UPerNet head, Xiao et al. ECCV 2018 Fig. 4, MoBaNet decoder (METHODS.md 3 "Decoder").
+    """UPerNet head, Xiao et al. ECCV 2018 Fig. 4, MoBaNet's decoder.
 
     PPM on the last (coarsest) level, 1x1 laterals on the others, top-down addition, 3x3 FPN
     convs, all levels upsampled to the finest, concatenated, fused by a 3x3 conv, Dropout2d and

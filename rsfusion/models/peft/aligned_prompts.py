@@ -1,4 +1,4 @@
-"""SegRGB-X's modality-aligned embeddings (arXiv 2603.28023, section III-C, Fig. 2; METHODS.md 4).
+"""SegRGB-X's modality-aligned embeddings (arXiv 2603.28023, section III-C, Fig. 2).
 
 Before a block, a stream's patch tokens ``E`` get ``M`` extra tokens appended
 (``E_hat = [E; M]``); the block's attention lets patches read them (``A_EM V_M``) and their

@@ -1,5 +1,5 @@
 """LoRA (Hu et al., ICLR 2022) as one reusable PEFT part: CPAL's LoRA on the last stage's DCNv3
-offset and mask Linears (METHODS.md section 2) and SegRGB-X's LoRA pool on MA-CLIP (section 4).
+offset and mask Linears and SegRGB-X's LoRA pool on MA-CLIP (one LoRA per modality).
 
 ``y = W x + b + (alpha / r) B A x`` with ``A`` (r x in) Kaiming-uniform and ``B`` (out x r) zero,
 so an injected layer starts as the frozen one. A :class:`LoRALinear` holds one adapter or a set
@@ -61,7 +61,7 @@ class LoRALinear(nn.Module):
         select: how a layer with several adapters picks one (module docstring).
         dropout: dropout on the LoRA branch's input.
         activation: ``"sigmoid"`` adds ``sigmoid((alpha / r) B A x)`` instead, as CPAL's code
-            does (METHODS.md 2, its ``faithful`` flag: every output shifted by 0.5 at
+            does (its ``faithful`` flag: every output shifted by 0.5 at
             initialisation); such a layer cannot be folded and stays factored for prediction.
 
     Example:

@@ -1,6 +1,6 @@
 """CPAL's multi-modal cross prompter (MCP), Liu et al., IEEE TCSVT 2025, eq. (7)-(12), Fig. 3.
 
-METHODS.md section 2. Every layer of the frozen dual-stream encoder gets one :class:`MCP`: two
+Every layer of the frozen dual-stream encoder gets one :class:`MCP`: two
 sub-blocks ``P1`` (beside the DCNv3 mixer) and ``P2`` (beside the FFN), each shared by both
 directions. A sub-block (:class:`MCPBlock`) maps one stream's tokens to a residual prompt for
 the other stream through three 1x1 grouped convolutions (down, mid, up), with no nonlinearity.
@@ -66,7 +66,7 @@ def _check_divisible(channels: int, hidden: int, groups: int) -> None:
 
 
 class MCPBlock(nn.Module):
-    """One MCP sub-block, CPAL (TCSVT 2025) eq. (9)/(12), Fig. 3 (METHODS.md 2).
+    """One MCP sub-block, CPAL (TCSVT 2025) eq. (9)/(12), Fig. 3.
 
     ``prompt = Up(Dropout(Mid(Down(t))))`` with ``Down``: 1x1 grouped conv C->h, ``Mid``:
     h->h, ``Up``: h->C (``groups`` groups each, biases on, no nonlinearity). The convolutions
@@ -162,7 +162,7 @@ class MCP(nn.Module):
     With ``mixer(t) = DropPath(PostNorm1(DCNv3(LN1 t)))`` and ``ffn(t) =
     DropPath(PostNorm2(MLP(LN2 t)))`` the frozen layer's residual branches, the two streams
     are updated in four interleaved steps, each prompt read from the *latest* other stream
-    (METHODS.md 2, "Block with MCP")::
+    (the authors' block with MCP)::
 
         1. x_r <- x_r + mixer(x_r) + P1(x_x)
         2. x_x <- x_x + mixer(x_x) + P1(x_r)      (x_r from step 1)
@@ -217,7 +217,7 @@ class MCP(nn.Module):
             mixer: the frozen layer's first residual branch (DCNv3 with its norms, DropPath).
             ffn: its second residual branch (MLP with its norms, DropPath).
             prompt_drop_path: applied to every prompt (the authors use the layer's DropPath
-                there too); ``None`` adds the prompts as they are (METHODS.md 2).
+                there too); ``None`` adds the prompts as they are.
 
         Returns:
             The updated ``(r, x)``.

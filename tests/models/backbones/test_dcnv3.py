@@ -1,4 +1,4 @@
-"""The pure-PyTorch DCNv3 (InternImage, Wang et al., CVPR 2023; METHODS.md section 2): the core
+"""The pure-PyTorch DCNv3 (InternImage, Wang et al., CVPR 2023; CPAL's backbone): the core
 against a direct per-pixel computation, and the module's initialisation, gate and gradients."""
 
 from __future__ import annotations

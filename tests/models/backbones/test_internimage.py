@@ -1,4 +1,4 @@
-"""The InternImage engine adapter (Wang et al., CVPR 2023; CPAL, METHODS.md section 2): the
+"""The InternImage engine adapter (Wang et al., CVPR 2023; CPAL's backbone): the
 authors' settings and parameter counts, the walk vs the plain forward, block halves vs the
 whole block, weights in the official layouts, backbone modes and an end-to-end engine run."""
 

@@ -1,4 +1,4 @@
-"""The Swin engine adapter (KTB, METHODS.md section 1): walk vs timm, odd sizes, frozen norms,
+"""The Swin engine adapter (KTB's backbone): walk vs timm, odd sizes, frozen norms,
 block adapters (Swin and ViT), and loading official / timm / segmentation checkpoints."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FRM and FFM: CMX's rectification and fusion modules as SegRGB-X uses them (METHODS.md 4)."""
+"""FRM and FFM: CMX's rectification and fusion modules as SegRGB-X uses them (CMX, T-ITS 2023)."""
 
 import math
 

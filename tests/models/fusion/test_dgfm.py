@@ -1,4 +1,4 @@
-"""DGFM: MoBaNet difference-guided gated fusion (METHODS.md section 3, step 3)."""
+"""DGFM: MoBaNet difference-guided gated fusion (arXiv 2026, Fig. 1)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""DSCF: KTB dynamic sparse cross-modality fusion (METHODS.md section 1)."""
+"""DSCF: KTB dynamic sparse cross-modality fusion (Cai et al., CVPR 2025)."""
 
 import pytest
 import torch

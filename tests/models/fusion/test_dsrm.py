@@ -1,4 +1,4 @@
-"""DSRM: SegRGB-X's domain-specific refinement module (METHODS.md 4, arXiv 2603.28023 eq. 2-7)."""
+"""DSRM: SegRGB-X's domain-specific refinement module (arXiv 2603.28023 eq. 2-7)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""GPM: CPAL's gated perception module (METHODS.md section 2, TCSVT 2025 eq. 13-18)."""
+"""GPM: CPAL's gated perception module (CPAL paper, TCSVT 2025, eq. 13-18)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""LightHamHead / Hamburger / NMF2D: CPAL-T's decoder (METHODS.md section 2 "Heads")."""
+"""LightHamHead / Hamburger / NMF2D: CPAL-T's decoder (CPAL, TCSVT 2025)."""
 
 import pytest
 import torch

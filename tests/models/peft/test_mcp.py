@@ -1,4 +1,4 @@
-"""MCPBlock / MCP: CPAL's multi-modal cross prompter (METHODS.md section 2, TCSVT 2025 eq. 7-12)."""
+"""MCPBlock / MCP: CPAL's multi-modal cross prompter (CPAL paper, TCSVT 2025, eq. 7-12)."""
 
 import math
 
@@ -9,7 +9,7 @@ from torch import nn
 from rsfusion.models.backbones.base import active_stream
 from rsfusion.models.peft.mcp import MCP, MCPBlock
 
-# InternImage-H (METHODS.md 2): stage widths and depths.
+# InternImage-H (CPAL-L's backbone): stage widths and depths.
 H_CHANNELS = (320, 640, 1280, 2560)
 H_DEPTHS = (6, 6, 32, 6)
 # Paper Table IX (FMB, InternImage-H): MCP parameters by inserted stages, in millions.

@@ -213,9 +213,11 @@ def score_tiles(
     dest: Path,
     overlays: Path | None,
     max_overlays: int,
+    mode: str = LABELS["both"],
 ) -> tuple[Any, dict[str, Any]]:
     """Predict every tile with ``runner`` into ``dest`` and sum the confusion on its labels
-    (``labels``: tile id -> (label raster, kind), from :func:`tile_labels`)."""
+    (``labels``: tile id -> (label raster, kind), from :func:`tile_labels`); ``mode`` names
+    the inputs in the overlays' titles."""
     import torch
 
     from rsfusion.inference.predict import predict_pair
@@ -244,7 +246,7 @@ def score_tiles(
         if overlays is not None and n < max_overlays:
             image, step = read_preview(tile.rgb.source)
             p, t = pred[::step, ::step], target[::step, ::step]
-            save_overlay(image, p, t, meta, overlays / f"{stem}.png")
+            save_overlay(image, p, t, meta, overlays / f"{stem}.png", f"{stem}: {mode}")
     return total, per_tile
 
 
@@ -264,14 +266,40 @@ def read_preview(rgb_source: str, max_side: int = 800) -> tuple[np.ndarray, int]
     return img.astype(np.float32), step
 
 
+#: the colour errors are painted in on the overlays' third panel (the next one of
+#: ERROR_COLOURS when a class has it, e.g. Vaihingen's red clutter)
+ERROR_COLOUR = (255, 0, 0)
+ERROR_COLOURS = (ERROR_COLOUR, (255, 0, 255), (255, 128, 0), (0, 0, 0))
+
+
+def error_colour(palette: Any) -> tuple[int, int, int]:
+    """The first of ERROR_COLOURS that no class of ``palette`` has.
+
+    Example:
+        >>> error_colour([[255, 255, 255], [255, 0, 0]]), error_colour([[0, 0, 255]])
+        ((255, 0, 255), (255, 0, 0))
+    """
+    used = {tuple(int(v) for v in c[:3]) for c in palette}
+    return next((c for c in ERROR_COLOURS if c not in used), ERROR_COLOUR)
+
+
 def save_overlay(
-    image: np.ndarray, pred: np.ndarray, target: np.ndarray, meta: CheckpointMeta, path: Path
+    image: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+    meta: CheckpointMeta,
+    path: Path,
+    title: str = "",
 ) -> Path:
-    """PNG of three panels: the image, the prediction over it, and the errors (red) on it.
+    """PNG of three panels (the image, the prediction over it, the errors on it) under
+    a title (``title``: the tile and input mode) and above a legend (each class's colour and
+    name, the error colour: red, or :func:`error_colour` when a class is red), written
+    atomically. The title and legend are also in the PNG's
+    text chunks (``Title``, ``Legend``: JSON).
 
     ``image`` is (bands, h, w) at the resolution of ``pred`` and ``target`` (any value range).
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     img = np.repeat(image, 3, 0) if image.shape[0] == 1 else image[:3]
     lo, hi = np.percentile(img, 1), np.percentile(img, 99)
@@ -281,13 +309,63 @@ def save_overlay(
     over = 0.5 * img + 0.5 * colours
     wrong = (pred != target) & (target != int(meta.ignore_index))
     errors = img * 0.4
-    errors[wrong] = [255, 0, 0]
+    red = error_colour(meta.palette)
+    errors[wrong] = red
     panel = np.concatenate([img, over, errors], axis=1).astype(np.uint8)
+    legend = [(str(name), tuple(int(v) for v in colour[:3]))
+              for name, colour in zip(meta.classes, meta.palette)]  # fmt: skip
+    legend.append(("error (prediction differs from the label)", red))
+    figure = _titled_with_legend(Image.fromarray(panel), title, legend)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    info.add_text("Legend", json.dumps([[name, list(rgb)] for name, rgb in legend]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray(panel).save(tmp, format="PNG")
+    figure.save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
     return path
+
+
+def _titled_with_legend(panels: Any, title: str, legend: list[tuple[str, tuple]]) -> Any:
+    """``panels`` (three side by side) on a white canvas with the title and panel captions
+    above and the legend swatches below, wrapped to the canvas width (PIL's own font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> int:
+        return int(probe.textlength(text, font=font))
+
+    line, pad, swatch = 18, 6, 12
+    width = max(panels.width, 420, text_width(title) + 2 * pad)
+    rows: list[list[tuple[str, tuple, int]]] = [[]]
+    x = pad
+    for name, rgb in legend:
+        item = swatch + 4 + text_width(name) + 14
+        if rows[-1] and x + item > width - pad:
+            rows.append([])
+            x = pad
+        rows[-1].append((name, rgb, x))
+        x += item
+    top = pad + 2 * line
+    canvas = Image.new("RGB", (width, top + panels.height + pad + len(rows) * line + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), title, fill="black", font=font)
+    third = panels.width / 3
+    for i, caption in enumerate(("image", "prediction", "errors")):
+        draw.text((round(i * third) + 2, pad + line), caption, fill=(60, 60, 60), font=font)
+    canvas.paste(panels, (0, top))
+    y = top + panels.height + pad
+    for row in rows:
+        for name, rgb, x0 in row:
+            draw.rectangle([x0, y + 2, x0 + swatch, y + 2 + swatch], fill=rgb, outline="black")
+            draw.text((x0 + swatch + 4, y), name, fill="black", font=font)
+        y += line
+    return canvas
 
 
 def save_class_png(pred: np.ndarray, palette: list, path: Path) -> Path:
@@ -312,6 +390,7 @@ def score_images(
     dest: Path | None,
     overlays: Path | None,
     max_overlays: int,
+    mode: str = LABELS["both"],
 ) -> tuple[Any, dict[str, Any]]:
     """Natural images: each test image whole (padded to the model's multiple by the runner),
     multi-scale / flip as the runner says; confusion summed over the split."""
@@ -338,7 +417,10 @@ def score_images(
         if dest is not None:
             save_class_png(pred, meta.palette, dest / f"{name}_classes.png")
         if overlays is not None and n < max_overlays:
-            save_overlay(sample["image"].numpy(), pred, target, meta, overlays / f"{name}.png")
+            save_overlay(
+                sample["image"].numpy(), pred, target, meta, overlays / f"{name}.png",
+                f"{name}: {mode}",
+            )  # fmt: skip
     return total, per_image
 
 
@@ -483,7 +565,7 @@ def score_dataset(
         }  # fmt: skip
     options = PredictOptions(
         window=window, overlap=window - args.stride, blend="sum", batch_size=args.batch_size,
-        readers=1,
+        readers=1, x_missing="predict",  # every labelled pixel scored, missing X as 0
     )  # fmt: skip
     names = list(meta.classes)
     rows: dict[str, Any] = {}
@@ -501,12 +583,20 @@ def score_dataset(
             if natural:
                 dest = out / "predictions" if keep else None
                 cm, per_item = score_images(
-                    runner, dm, meta, args.split, dest, overlays, args.overlays
+                    runner, dm, meta, args.split, dest, overlays, args.overlays, LABELS[mode]
                 )
             else:
                 dest = out if keep else Path(scratch) / mode
                 cm, per_item = score_tiles(
-                    runner, meta, tiles, labels, options, dest, overlays, args.overlays
+                    runner,
+                    meta,
+                    tiles,
+                    labels,
+                    options,
+                    dest,
+                    overlays,
+                    args.overlays,
+                    LABELS[mode],
                 )
             scores = scores_from_confusion(cm, metric_classes)
             rows[mode] = scores

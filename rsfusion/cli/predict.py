@@ -7,11 +7,18 @@ turn; pairs whose outputs are all complete are skipped, so a rerun resumes. Unde
 torchrun --nproc-per-node N each rank takes its share of the pairs (on its own
 GPU when there are GPUs) and writes its own files.
 
+Before the first prediction every pair is checked against the model and itself:
+bands, dtype and value range (a uint16 or 0..1 orthophoto for a model trained on
+uint8 ones is refused unless --rgb-scale rescales it), grid (--align), overlap
+(an X raster that misses the orthophoto is refused), GSD (a warning past a
+factor of 2; --resample-to-gsd reads at the training GSD). All problems are
+listed at once and nothing is written. Pixels without X (nodata, outside it)
+are nodata in the outputs.
+
 Outputs are named after the whole RGB file name; a run in which two inputs would
 write the same outputs is refused before any work. In a folder run a raster that
-cannot be predicted (corrupt, truncated, wrong bands) is reported and the others
-go on; the run then ends with an error listing the failures (exit 2). A full
-disk stops the run. Temporary files live in private staging folders in --out,
+cannot be read (corrupt, truncated) is reported and the others go on; the run
+then ends with an error listing the failures (exit 2). A full disk stops the run. Temporary files live in private staging folders in --out,
 removed when a run ends and, after a hard kill, by the next run.
 
 Example:
@@ -21,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -44,6 +52,7 @@ from rsfusion.inference.folder import (
     remove_stale_partials,
     shard,
 )
+from rsfusion.inference.inputs import PairPlan, check_pairs, report
 from rsfusion.inference.memory import check_memory
 from rsfusion.inference.predict import (
     PredictOptions,
@@ -94,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=float, default=0.0, help="polygon area filter (CRS units²)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance")
     p.add_argument("--align", action="store_true", help="resample X onto the RGB grid")
+    p.add_argument(
+        "--rgb-scale", metavar="FACTOR",
+        help="multiply the orthophoto's values by FACTOR while reading, for one on another "
+        "scale than the training rasters: 255/65535 (uint16 onto 0..255), 255 (0..1 onto "
+        "0..255), 255/4095 (12-bit), or auto (from its dtype and values and the checkpoint)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resample-to-gsd", action="store_true",
+        help="read the pair at the model's training GSD (outputs stay on the orthophoto's grid)",
+    )  # fmt: skip
+    p.add_argument(
+        "--x-missing", choices=("nodata", "predict"), default="nodata",
+        help="pixels without X (nodata, NaN, outside the X raster): nodata in the outputs "
+        "(default), or predicted with X as 0 as training treats missing X",
+    )  # fmt: skip
     p.add_argument("--memory-mb", type=int, default=64, help="GDAL block cache (GDAL_CACHEMAX)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda")
     p.add_argument(
@@ -154,6 +178,58 @@ def _names(options: PredictOptions) -> list[str]:
     return names
 
 
+class _StderrLines(logging.Handler):
+    """Log records as plain lines on the current ``sys.stderr`` (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_input_notes() -> None:
+    """Print the input checks' warnings and notes (``rsfusion.inference`` logger) on stderr."""
+    logger = logging.getLogger("rsfusion.inference")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def check_all(
+    meta: CheckpointMeta,
+    pairs: list[Pair],
+    out: Path,
+    options: PredictOptions,
+    redo: bool,
+    tag: str = "",
+) -> dict[Pair, PairPlan]:
+    """Check every pair still to predict (bands, dtype and values, grid, overlap, GSD) before
+    the first prediction; their notes are printed once each.
+
+    Raises:
+        PredictionError: one pair's problem as it is, or, with several, a summary after
+            each problem is printed on its own line: nothing has been written.
+    """
+    todo = [p for p in pairs if redo or not outputs_done(out, output_stem(p.rgb), _names(options))]
+    plans, problems = check_pairs(
+        meta, todo, align=options.align, rgb_scale=options.rgb_scale,
+        resample_to_gsd=options.resample_to_gsd,
+    )  # fmt: skip
+    said: set[str] = set()
+    for plan in plans.values():
+        report(plan.notes, said)
+    if len(problems) == 1 and len(todo) == 1:
+        raise problems[0][1]
+    if problems:
+        for _, err in problems:
+            print(f"{tag}problem: {err}", file=sys.stderr)
+        raise PredictionError(
+            f"{len(problems)} of {len(todo)} pair(s) cannot be predicted as given (each "
+            "problem is listed above); nothing was written: fix them or leave them out, and "
+            "rerun"
+        )
+    return plans
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary files are removed and no
@@ -163,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     # Python installed no KeyboardInterrupt handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     show_messages()
+    show_input_notes()
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     options = PredictOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
@@ -172,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         readers=args.readers, progress=not args.no_progress
         and (sys.stderr.isatty() or os.environ.get("RSFUSION_PROGRESS") == "1"),
         progress_position=int(os.environ.get("LOCAL_RANK", "0")),
+        rgb_scale=args.rgb_scale, resample_to_gsd=args.resample_to_gsd,
+        x_missing=args.x_missing,
     )  # fmt: skip
     out = Path(args.out)
     tag = f"rank {rank}/{world}: " if world > 1 else ""
@@ -204,11 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         check_device_memory(runner, window, bands, k, options.batch_size)
         pairs = collect_pairs(args, meta)
         check_unique_outputs(pairs)  # all of them: every rank refuses the same run
+        # every pair to predict (on every rank: all refuse the same run), before any output
+        plans = check_all(meta, pairs, out, options, args.redo, tag)
         remove_stale_partials(out)  # what killed runs left; a live run's files stay
         mine = shard(pairs, rank, world)
         print(f"{tag}{len(mine)} pair(s), {runner.describe()}", file=sys.stderr)
         for pair in mine:
-            run.predict(pair, out, runner, meta, options, args.redo, tag, len(mine) > 1)
+            run.predict(
+                pair, out, runner, meta, options, args.redo, tag, len(mine) > 1, plans.get(pair)
+            )
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -246,6 +329,7 @@ class _Run:
         redo: bool,
         tag: str,
         keep_going: bool,
+        plan: PairPlan | None = None,
     ) -> None:
         """Predict one pair (skipped when complete). With ``keep_going`` a bad input is
         reported and recorded; an output that cannot be written (disk full) stops the run."""
@@ -258,7 +342,15 @@ class _Run:
         start = time.perf_counter()
         try:
             written = predict_pair(
-                runner, meta, pair.rgb, pair.x, out, options, stem=stem, landed=self.landed
+                runner,
+                meta,
+                pair.rgb,
+                pair.x,
+                out,
+                options,
+                stem=stem,
+                landed=self.landed,
+                plan=plan,
             )  # type: ignore[arg-type]
         except USER_ERRORS as err:
             if not keep_going or getattr(err, "output", None) is not None:

@@ -22,8 +22,10 @@ from rsfusion.data.augment import (
 )
 from rsfusion.data.isprs import ISPRSDataset
 from rsfusion.data.normalise import XNorm
+from rsfusion.data.raster_facts import inputs_record
 from rsfusion.data.samplers import SeededRandomGeoSampler, TileGridSampler
 from rsfusion.data.tiles import find_tiles
+from rsfusion.errors import UserError
 
 
 def rgb_normalise(mode: str) -> Normalise:
@@ -56,6 +58,7 @@ class ISPRSDataModule(GeoDataModule):
         self.seed = seed
         self.card: DatasetCard = load_card(cfg.card)
         self.x_norm: XNorm | None = None
+        self._inputs: dict[str, Any] | None = None
         self.val_batch_size = self.test_batch_size = cfg.eval_batch_size or cfg.batch_size
         normalise = rgb_normalise(cfg.rgb_norm)
         aug = cfg.augment
@@ -153,4 +156,34 @@ class ISPRSDataModule(GeoDataModule):
             "palette": [list(c) for c in self.card.palette],
             "ignore_index": self.card.ignore_index,
             "window": self.cfg.window,
+            "inputs": self.inputs_record(),
         }
+
+    def inputs_record(self) -> dict[str, Any]:
+        """The dtype and value range of the training rasters per modality and the training GSD
+        (the card's ``gsd_m``, else the rasters' pixel size), read from the first training
+        tiles (a few bounded reads); the card's dtypes when the rasters cannot be found.
+        Prediction compares its inputs with it (:mod:`rsfusion.data.raster_facts`)."""
+        if self._inputs is None:
+            rgb = self.card.modality(self.cfg.rgb)
+            x = self.card.modality(self.cfg.x) if self.cfg.x else None
+            try:
+                tiles, _ = find_tiles(
+                    self.card, self.cfg.root, self.tiles_of("train")[:3], self.cfg.rgb,
+                    self.cfg.x, labels=False, align_x=self.cfg.align_x,
+                )  # fmt: skip
+            except (UserError, OSError):
+                tiles = []  # no training rasters to read here: the card's dtypes
+            self._inputs = inputs_record(
+                self.card.gsd_m,
+                [t.rgb.source for t in tiles],
+                rgb.dtype,
+                None if x is None else [t.x.source for t in tiles if t.x is not None],
+                None if x is None else x.dtype,
+                grids=[
+                    (t.rgb.grid.crs, t.rgb.grid.transform, t.rgb.grid.width, t.rgb.grid.height)
+                    for t in tiles
+                    if t.rgb.how != "synthetic"
+                ],
+            )
+        return self._inputs

@@ -33,6 +33,7 @@ from rasterio.transform import Affine
 
 from rsfusion.catalog import DatasetCard
 from rsfusion.data.archives import search_roots, unpack_needed, where_from
+from rsfusion.data.raster_facts import crs_name
 from rsfusion.errors import TileError
 
 #: Synthetic extents start here (in the card's CRS units), far west of any projected data, and
@@ -64,7 +65,7 @@ class Grid:
     def describe(self) -> str:
         t = self.transform
         return (
-            f"{self.width}x{self.height} px, CRS {self.crs.to_string() if self.crs else None}, "
+            f"{self.width}x{self.height} px, CRS {crs_name(self.crs) if self.crs else None}, "
             f"origin ({t.c:.3f}, {t.f:.3f}), pixel ({t.a:.4f}, {t.e:.4f})"
         )
 

@@ -13,6 +13,12 @@ Hostile or broken inputs end in a :class:`~rsfusion.errors.PredictionError` nami
 a raster GDAL cannot read, a raster or window too large for the memory there is (checked before
 any work, :mod:`rsfusion.inference.memory`; the window plan itself is lazy), a disk that fills
 up. Temporaries live in private staging folders (:func:`rsfusion.data.writers.staging_dir`).
+
+Before any work the pair is checked against itself and the checkpoint
+(:func:`rsfusion.inference.inputs.check_pair`: bands, overlap, grid, dtype and value range, GSD).
+Pixels without data (RGB nodata, and by default pixels without X) are nodata in the outputs.
+With ``resample_to_gsd`` the pair is read at the training GSD and the finished outputs are
+warped back onto the orthophoto's grid (:func:`rsfusion.inference.writer.regrid`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.windows import Window
 
@@ -37,20 +42,22 @@ from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
 from rsfusion.inference.folder import output_stem
+from rsfusion.inference.inputs import PairPlan, check_pair, parse_rgb_scale, report
 from rsfusion.inference.memory import check_memory, prediction_memory
 from rsfusion.inference.reader import (
     InputNorm,
     PairSpec,
+    ValidPixels,
     WindowReader,
-    has_mask,
+    open_pair,
     open_raster,
-    read_error,
 )
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import (
     WRITE_ERRORS,
     StreamingGeoTIFF,
     class_dtype,
+    regrid,
     to_cog,
     write_error,
 )
@@ -61,7 +68,15 @@ from rsfusion.models.engine import migrate_state_dict
 
 @dataclass
 class PredictOptions:
-    """Prediction settings; window/overlap default to the checkpoint's training window."""
+    """Prediction settings; window/overlap default to the checkpoint's training window.
+
+    ``rgb_scale`` (a factor such as ``"255/65535"``, or ``"auto"``) rescales an orthophoto on
+    another scale than the training rasters'; ``resample_to_gsd`` reads the pair at the
+    training GSD (outputs stay on the orthophoto's grid); ``x_missing``: ``"nodata"`` (pixels
+    without X, i.e. X nodata, NaN, +-inf or outside the X raster, are nodata in every output)
+    or ``"predict"`` (the model sees X as 0 there, as training does with missing X; the
+    evaluation protocol scores every labelled pixel so). See :mod:`rsfusion.inference.inputs`.
+    """
 
     window: int | None = None
     overlap: int | None = None
@@ -85,6 +100,9 @@ class PredictOptions:
     prefetch: int | None = None
     progress: bool = False
     progress_position: int = 0
+    rgb_scale: str | None = None
+    resample_to_gsd: bool = False
+    x_missing: str = "nodata"
 
     def check(self) -> None:
         """Refuse values that cannot work (named as the command-line options), before any work.
@@ -109,6 +127,9 @@ class PredictOptions:
                 raise PredictionError(f"{flag} {value}: must be 0 or more")
         if self.blend not in ("cosine", "linear", "none", "sum"):
             raise PredictionError(f"--blend {self.blend}: use cosine, linear, none or sum")
+        if self.x_missing not in ("nodata", "predict"):
+            raise PredictionError(f"--x-missing {self.x_missing}: use nodata or predict")
+        parse_rgb_scale(self.rgb_scale)
 
     def memory(
         self, width: int, height: int, window: int, overlap: int, bands: int, classes: int
@@ -168,49 +189,37 @@ def _frozen(model: torch.nn.Module, key: str) -> bool:
 def open_inputs(
     rgb: str | Path, x: str | Path | None, meta: CheckpointMeta, align: bool
 ) -> Iterator[tuple[Any, tuple | None]]:
-    """Open the RGB raster and check the pair against the checkpoint.
+    """Open the RGB raster and check the pair against the checkpoint (:func:`check_pair`).
 
     Yields the open RGB dataset and the grid X must be warped onto (``None`` when X already
-    shares the RGB grid or there is no X). A misaligned X is refused unless ``align``.
+    shares the RGB grid or there is no X). A misaligned X is refused unless ``align``; one
+    that does not overlap the RGB at all is refused.
     """
+    plan = check_pair(meta, rgb, x, align)
     with open_raster(rgb, "orthophoto") as src:
-        if src.count != len(meta.rgb_bands):
-            raise PredictionError(
-                f"orthophoto {rgb} has {src.count} bands, the checkpoint was trained on "
-                f"{len(meta.rgb_bands)} {meta.rgb_bands}: give the matching orthophoto"
-            )
-        if meta.x_bands and x is None:
-            raise PredictionError(f"the checkpoint needs an X raster {meta.x_bands}: add --x")
-        if x is None:
-            yield src, None
-            return
-        with open_raster(x, "X raster") as xsrc:
-            if xsrc.count != len(meta.x_bands):
-                raise PredictionError(
-                    f"X raster {x} has {xsrc.count} bands, the checkpoint expects {meta.x_bands}"
-                )
-            same = (xsrc.crs, xsrc.transform, xsrc.shape) == (src.crs, src.transform, src.shape)
-            if not same and not align:
-                raise PredictionError(
-                    f"X raster {x} is not on the grid of orthophoto {rgb}: CRS {xsrc.crs} vs {src.crs}, "
-                    f"size {xsrc.width}x{xsrc.height} vs {src.width}x{src.height}, transform "
-                    f"{tuple(xsrc.transform)[:6]} vs {tuple(src.transform)[:6]}. Pass --align "
-                    "to resample X onto the RGB grid."
-                )
-        yield src, None if same else (src.crs, src.transform, src.width, src.height)
+        yield src, plan.x_grid
 
 
 def pair_spec(
-    meta: CheckpointMeta, rgb: str | Path, x: str | Path | None, x_grid: tuple | None = None
+    meta: CheckpointMeta,
+    rgb: str | Path,
+    x: str | Path | None,
+    x_grid: tuple | None = None,
+    rgb_factor: float = 1.0,
+    rgb_grid: tuple | None = None,
 ) -> PairSpec:
-    """The pair with its normalisation as in training (RGB mean/std, X affine of its raster)."""
+    """The pair with its normalisation as in training (RGB mean/std, X affine of its raster).
+
+    ``rgb_factor`` multiplies the RGB values before normalisation (``--rgb-scale``): folded
+    into the mean and std, ``(v * f - mean) / std == (v - mean / f) / (std / f)``.
+    """
     norm = meta.rgb_norm
     offset, scale = XNorm(**meta.x_norm).affine(str(x)) if x is not None else (0.0, 1.0)
     return PairSpec(
-        rgb=rgb, x=x, x_grid=x_grid,
+        rgb=rgb, x=x, x_grid=x_grid, rgb_grid=rgb_grid,
         norm=InputNorm(
-            rgb_mean=np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1),
-            rgb_std=np.asarray(norm["std"], np.float32).reshape(-1, 1, 1),
+            rgb_mean=np.asarray(norm["mean"], np.float32).reshape(-1, 1, 1) / rgb_factor,
+            rgb_std=np.asarray(norm["std"], np.float32).reshape(-1, 1, 1) / rgb_factor,
             x_offset=float(offset), x_scale=float(scale),
         ),
     )  # fmt: skip
@@ -225,6 +234,7 @@ def predict_pair(
     options: PredictOptions | None = None,
     stem: str | None = None,
     landed: dict[str, Path] | None = None,
+    plan: PairPlan | None = None,
 ) -> dict[str, Path]:
     """Predict one raster pair; returns the paths written (classes, probs, confidence, ...).
 
@@ -233,7 +243,12 @@ def predict_pair(
     strings (``vrt://...``); outputs are named ``<stem>_classes.tif`` etc. (default stem: the
     RGB file's name without its extension, :func:`~rsfusion.inference.folder.output_stem`).
     ``landed``, when given, receives each output as it lands complete under its final name, so
-    that an interrupted call tells what it finished.
+    that an interrupted call tells what it finished. ``plan`` is the pair's
+    :func:`~rsfusion.inference.inputs.check_pair` (made and its notes logged when None).
+
+    Pixels without data (RGB nodata; with ``x_missing="nodata"`` also pixels without X) are
+    nodata in the classes (255, or 65535), 0 in every probability band and 0 (the declared
+    nodata) in the confidence.
 
     Raises:
         PredictionError: options, inputs or memory unfit (before any work), a raster that
@@ -253,94 +268,109 @@ def predict_pair(
     classes, palette = meta.classes, meta.palette
     k = len(classes)
     landed = {} if landed is None else landed
-    with open_inputs(rgb, x, meta, opts.align) as (src, x_grid):
-        h, w = src.height, src.width
-        bands = src.count + len(meta.x_bands)
-        check_memory(
-            opts.memory(w, h, window, overlap, bands, k),
-            f"predicting {rgb} ({w} x {h} px, window {window}, batch {opts.batch_size}, "
-            f"{k} classes)",
-            "use a smaller --window or --batch-size (or fewer --readers), or cut the raster "
-            "into pieces (e.g. gdal_translate -srcwin) and predict those",
-        )
-        check_device_memory(runner, window, bands, k, opts.batch_size)
-        wins = window_grid(h, w, window, window - overlap)  # lazy: rows and columns only
-        spec = pair_spec(meta, rgb, x, x_grid)
-        reader = WindowReader(
-            spec, batched(wins, opts.batch_size), window, opts.readers, opts.prefetch
-        )
-        base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
-        acc = RowBandAccumulator(h, w, k, window)
-        dtype = class_dtype(k)
-        nodata = 255 if dtype == "uint8" and k < 255 else 65535
-        profile = (src.crs, src.transform, w, h)
-        outputs = {"classes": (1, dtype, nodata)}
-        if opts.probs:
-            outputs["probs"] = (k, "uint8", None)
-        if opts.confidence:
-            outputs["confidence"] = (1, "uint8", None)
-        finals = {name: out_dir / f"{stem}_{name}.tif" for name in outputs}
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            # a COG is copied from a finished tiled GeoTIFF: that one lives in a private folder
-            staging = staging_dir(out_dir, stem) if opts.cog else None
-        except WRITE_ERRORS as err:
-            raise write_error(out_dir, err) from err
-        streamed = {
-            name: (staging / path.name if staging is not None else path)
-            for name, path in finals.items()
-        }
-        try:
-            with contextlib.ExitStack() as stack:
-                writers = {
-                    name: stack.enter_context(
-                        StreamingGeoTIFF(
-                            streamed[name], profile, count, dt, nodata=nd,
-                            colormap=(
-                                {i: tuple(c) for i, c in enumerate(palette)} if name == "classes"
-                                else None
-                            ),
-                            class_names=classes,
-                            band_descriptions=classes if name == "probs" else None,
-                        )
-                    )
-                    for name, (count, dt, nd) in outputs.items()
-                }  # fmt: skip
-                bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
-                weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
-                masks = src if has_mask(src) else None  # else every pixel is valid
+    if plan is None:
+        plan = check_pair(meta, rgb, x, opts.align, opts.rgb_scale, opts.resample_to_gsd)
+        report(plan.notes)
+    crs, transform, w, h = plan.model_grid
+    bands = len(meta.rgb_bands) + len(meta.x_bands)
+    check_memory(
+        opts.memory(w, h, window, overlap, bands, k),
+        f"predicting {rgb} ({w} x {h} px{' at the training GSD' if plan.resampled else ''}, "
+        f"window {window}, batch {opts.batch_size}, {k} classes)",
+        "use a smaller --window or --batch-size (or fewer --readers), or cut the raster "
+        "into pieces (e.g. gdal_translate -srcwin) and predict those",
+    )
+    check_device_memory(runner, window, bands, k, opts.batch_size)
+    wins = window_grid(h, w, window, window - overlap)  # lazy: rows and columns only
+    spec = pair_spec(
+        meta, rgb, x, plan.x_grid, plan.rgb_factor, plan.model_grid if plan.resampled else None
+    )
+    reader = WindowReader(spec, batched(wins, opts.batch_size), window, opts.readers, opts.prefetch)
+    base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
+    acc = RowBandAccumulator(h, w, k, window)
+    dtype = class_dtype(k)
+    nodata = 255 if dtype == "uint8" and k < 255 else 65535
+    profile = (crs, transform, w, h)
+    outputs = {"classes": (1, dtype, nodata)}
+    if opts.probs:
+        outputs["probs"] = (k, "uint8", None)
+    if opts.confidence:
+        outputs["confidence"] = (1, "uint8", 0)  # the top probability is never below 1 / k
+    styles = _output_styles(classes, palette)
+    finals = {name: out_dir / f"{stem}_{name}.tif" for name in outputs}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # a COG is copied from a finished tiled GeoTIFF, a resampled output warped from the
+        # training GSD's: those live in a private folder
+        staging = staging_dir(out_dir, stem) if opts.cog or plan.resampled else None
+    except WRITE_ERRORS as err:
+        raise write_error(out_dir, err) from err
+    streamed = {
+        name: (staging / path.name if staging is not None else path)
+        for name, path in finals.items()
+    }
+    staged = {path: finals[name] for name, path in streamed.items()}  # for error messages
+    valid: ValidPixels | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = {
+                name: stack.enter_context(
+                    StreamingGeoTIFF(streamed[name], profile, count, dt, nodata=nd, **styles[name])
+                )
+                for name, (count, dt, nd) in outputs.items()
+            }
+            bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
+            weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
+            # the pixels with data: own handles, read by the writing thread only
+            handles = stack.enter_context(open_pair(spec, None))
+            valid = ValidPixels(
+                handles[0], handles[1] if opts.x_missing == "nodata" else None, (rgb, x)
+            )
 
-                def blend_and_write(item: tuple[Sequence[Window], np.ndarray, int]) -> None:
-                    batch, logits, next_row = item
-                    for wn, lg in zip(batch, logits):
-                        acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
-                    _write_rows(acc.flush(next_row), writers, masks, nodata)
+            def blend_and_write(item: tuple[Sequence[Window], np.ndarray, int]) -> None:
+                batch, logits, next_row = item
+                for wn, lg in zip(batch, logits):
+                    acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
+                _write_rows(acc.flush(next_row), writers, valid, nodata)
 
-                # the previous batch is blended and written while the model runs on this one;
-                # the thread is the only user of the writers (and of src's masks) until closed
-                sink = stack.enter_context(Background(blend_and_write))
-                done = 0  # windows consumed; the plan is row-major: wins[done] is the next row
-                for batch, rgb_b, x_b in reader:
-                    logits = _run(runner, rgb_b, x_b, spec.norm)
-                    done += len(batch)
-                    sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
-                    bar.update(len(batch) / len(wins) * h * w / 1e6)
-                sink.close()
-                _write_rows(acc.finish(), writers, masks, nodata)
-            for name, final in finals.items():
-                if staging is not None:  # tiled GeoTIFF first (bounded memory), then the COG
-                    to_cog(streamed[name], final)
-                landed[name] = final
-            write_styles(landed, classes, palette)
-        except PredictionError as err:  # name the output, not its staged copy
-            staged = {path: finals[name] for name, path in streamed.items()}
-            if staging is not None and getattr(err, "output", None) in staged:
-                cause = err.__cause__ if err.__cause__ is not None else err
-                raise write_error(staged[err.output], cause) from cause  # type: ignore[attr-defined]
-            raise
-        finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            # the previous batch is blended and written while the model runs on this one;
+            # the thread is the only user of the writers (and of the validity handles)
+            sink = stack.enter_context(Background(blend_and_write))
+            done = 0  # windows consumed; the plan is row-major: wins[done] is the next row
+            for batch, rgb_b, x_b in reader:
+                logits = _run(runner, rgb_b, x_b, spec.norm)
+                done += len(batch)
+                sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
+                bar.update(len(batch) / len(wins) * h * w / 1e6)
+            sink.close()
+            _write_rows(acc.finish(), writers, valid, nodata)
+        for name, final in finals.items():
+            path = streamed[name]
+            if plan.resampled:  # back onto the orthophoto's grid
+                assert staging is not None
+                target = staging / f"grid-{final.name}" if opts.cog else final
+                staged[target] = final
+                regrid(path, target, plan.grid, _regrid_resampling(name, plan), **styles[name])
+                path = target
+            if opts.cog:  # tiled GeoTIFF first (bounded memory), then the COG
+                to_cog(path, final)
+            landed[name] = final
+        write_styles(landed, classes, palette)
+    except PredictionError as err:  # name the output, not its staged copy
+        if staging is not None and getattr(err, "output", None) in staged:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            raise write_error(staged[err.output], cause) from cause  # type: ignore[attr-defined]
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    if valid is not None and valid.x_missing:
+        share = valid.x_missing / (w * h)
+        report([
+            f"note: X raster {x} has no data (nodata, NaN, +-inf or outside it) for "
+            f"{valid.x_missing} px ({share:.1%}) of orthophoto {rgb}: those pixels are nodata "
+            "in the outputs (--x-missing predict runs the model with X as 0 there instead)"
+        ])  # fmt: skip
     if opts.vector:
         from rsfusion.inference.vectorize import vectorize_classes
 
@@ -450,18 +480,15 @@ def class_map(logits: np.ndarray) -> np.ndarray:
     return classes
 
 
-def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> None:
-    """Classes (nodata where ``masks``, the RGB dataset if it has a mask, says invalid) and the
-    optional probabilities / confidence of finished row blocks."""
+def _write_rows(blocks: Iterator, writers: dict, valid: ValidPixels | None, nodata: int) -> None:
+    """Classes and the optional probabilities / confidence of finished row blocks; pixels
+    ``valid`` says lack data are nodata in the classes and 0 in the others."""
     for row, logits, _ in blocks:
         n = logits.shape[1]
         classes = class_map(logits)
-        if masks is not None:
-            try:
-                valid = masks.read_masks(1, window=Window(0, row, masks.width, n)) > 0
-            except rasterio.errors.RasterioError as err:
-                raise read_error("orthophoto", masks.name, err) from err
-            classes = np.where(valid, classes, nodata)
+        ok = valid.rows(row, n) if valid is not None else None
+        if ok is not None:
+            classes = np.where(ok, classes, nodata)
         writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
         if "probs" not in writers and "confidence" not in writers:
             continue  # the softmax costs as much as the rest of the row band
@@ -469,9 +496,32 @@ def _write_rows(blocks: Iterator, writers: dict, masks: Any, nodata: int) -> Non
         probs = np.subtract(logits, logits.max(0, keepdims=True), out=logits)
         np.exp(probs, out=probs)
         probs /= probs.sum(0, keepdims=True)
+        if ok is not None:
+            probs *= ok  # no data: every probability 0
         if "confidence" in writers:
             confidence = np.rint(probs.max(0) * 255).astype(np.uint8)[None]
             writers["confidence"].write_rows(row, confidence)
         if "probs" in writers:
             np.rint(np.multiply(probs, 255, out=probs), out=probs)
             writers["probs"].write_rows(row, probs.astype(np.uint8))
+
+
+def _output_styles(classes: Sequence[str], palette: Sequence[Sequence[int]]) -> dict[str, dict]:
+    """The colour table, class names and band descriptions of each output raster."""
+    names = list(classes)
+    return {
+        "classes": {"colormap": {i: tuple(c) for i, c in enumerate(palette)}, "class_names": names},
+        "probs": {"class_names": names, "band_descriptions": names},
+        "confidence": {"class_names": names, "band_descriptions": ["confidence"]},
+    }
+
+
+def _regrid_resampling(name: str, plan: PairPlan) -> str:
+    """How an output on the training GSD's grid goes back onto the orthophoto's: the most
+    common class (mode) or the mean (average) where the orthophoto's pixels are coarser, else
+    nearest (classes) or bilinear (probabilities, confidence)."""
+    model_t, grid_t = plan.model_grid[1], plan.grid[1]
+    coarser = abs(grid_t.a * grid_t.e) > abs(model_t.a * model_t.e)
+    if name == "classes":
+        return "mode" if coarser else "nearest"
+    return "average" if coarser else "bilinear"

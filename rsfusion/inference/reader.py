@@ -75,13 +75,16 @@ class PairSpec:
     """How to open an RGB (+ X) pair and normalise its windows.
 
     ``x_grid`` (crs, transform, width, height) warps X onto the RGB grid (``--align``);
-    ``None`` reads X as it is (it must already share the RGB grid).
+    ``None`` reads X as it is (it must already share the RGB grid). ``rgb_grid`` reads the RGB
+    warped onto another grid (the training GSD's, ``--resample-to-gsd``); X then needs
+    ``x_grid`` set to the same grid.
     """
 
     rgb: str | Path
     x: str | Path | None
     norm: InputNorm
     x_grid: tuple[Any, Any, int, int] | None = None
+    rgb_grid: tuple[Any, Any, int, int] | None = None
 
 
 def open_raster(path: str | Path, role: str) -> Any:
@@ -106,18 +109,30 @@ def open_pair(spec: PairSpec, gdal_threads: str | None = None) -> Iterator[tuple
         if gdal_threads:
             stack.enter_context(rasterio.Env(GDAL_NUM_THREADS=gdal_threads))
         src = stack.enter_context(open_raster(spec.rgb, "orthophoto"))
+        if spec.rgb_grid is not None:
+            src = stack.enter_context(warped(src, spec.rgb_grid))
         xsrc = None
         if spec.x is not None:
             xsrc = stack.enter_context(open_raster(spec.x, "X raster"))
             if spec.x_grid is not None:
-                crs, transform, width, height = spec.x_grid
-                xsrc = stack.enter_context(
-                    WarpedVRT(
-                        xsrc, crs=crs, transform=transform, width=width, height=height,
-                        resampling=Resampling.bilinear,
-                    )
-                )  # fmt: skip
+                # float32 with NaN where X has no source pixel (outside it, or its nodata):
+                # unknown, never a filler value that looks like data
+                xsrc = stack.enter_context(warped(xsrc, spec.x_grid, nodata=np.nan))
         yield src, xsrc
+
+
+def warped(src: Any, grid: tuple[Any, Any, int, int], nodata: float | None = None) -> Any:
+    """``src`` read on ``grid`` (crs, transform, width, height) through a WarpedVRT: bilinear
+    where the grid is finer than the source, average where it is coarser. ``nodata`` (NaN)
+    makes it float32 with that value wherever no source pixel falls."""
+    crs, transform, width, height = grid
+    coarser = abs(transform.a * transform.e) > abs(src.transform.a * src.transform.e) * 1.0001
+    extra: dict[str, Any] = {} if nodata is None else {"nodata": nodata, "dtype": "float32"}
+    return WarpedVRT(
+        src, crs=crs if crs is not None else src.crs, transform=transform, width=width,
+        height=height, resampling=Resampling.average if coarser else Resampling.bilinear,
+        **extra,
+    )  # fmt: skip
 
 
 def has_mask(src: Any) -> bool:
@@ -199,10 +214,63 @@ def read_error(role: str, path: Any, err: BaseException) -> PredictionError:
     reason = str(err)
     if err.__cause__ is not None and str(err.__cause__) not in reason:
         reason += f" ({err.__cause__})"
-    return PredictionError(
+    error = PredictionError(
         f"cannot read {role} {path}: {reason}. The file is corrupt, truncated or not a raster "
         f"GDAL can read (gdalinfo -checksum shows where): copy or export it again"
     )
+    error.unreadable = True  # type: ignore[attr-defined]
+    return error
+
+
+class ValidPixels:
+    """Which pixels of row bands have the data a prediction needs.
+
+    A pixel is missing where the RGB dataset's mask says so (nodata) and, when ``x`` is given,
+    where X has no finite value: its nodata, NaN, +-inf, and outside the X raster (warped with
+    NaN there: :func:`open_pair`). Prediction writes those pixels as nodata. The handles are
+    opened by the caller; only one thread may read through them.
+
+    Args:
+        src: the RGB dataset (as the model reads it).
+        x: the X dataset on the same grid, or None (X not checked).
+        names: the files, for errors.
+    """
+
+    def __init__(self, src: Any, x: Any = None, names: tuple[Any, Any] | None = None) -> None:
+        self.src, self.x = src, x
+        self.names = names or (src.name, None if x is None else x.name)
+        self.rgb_masked = has_mask(src)
+        self.x_checked = x is not None and (
+            has_mask(x) or np.dtype(x.dtypes[0]).kind == "f"
+        )  # an unmasked integer X always has data
+        self.x_missing = 0  # pixels without X (where the RGB has data), over the rows read
+
+    @property
+    def needed(self) -> bool:
+        """Whether any pixel can be missing."""
+        return self.rgb_masked or self.x_checked
+
+    def rows(self, row: int, n: int) -> np.ndarray | None:
+        """A (n, width) bool array, True where rows ``row..row+n`` have data; None: all do."""
+        if not self.needed:
+            return None
+        win = Window(0, row, self.src.width, n)
+        valid = None
+        if self.rgb_masked:
+            try:
+                valid = self.src.read_masks(1, window=win) > 0
+            except RasterioError as err:
+                raise read_error("orthophoto", self.names[0], err) from err
+        if self.x_checked:
+            try:
+                data = self.x.read(1, window=win, masked=True, out_dtype="float32")
+            except RasterioError as err:
+                raise read_error("X raster", self.names[1], err) from err
+            has_x = np.isfinite(data.filled(np.nan))
+            rgb_ok = valid if valid is not None else True
+            self.x_missing += int(np.count_nonzero(~has_x & rgb_ok))
+            valid = has_x if valid is None else valid & has_x
+        return valid
 
 
 def read_batch(

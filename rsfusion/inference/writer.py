@@ -257,6 +257,42 @@ class StreamingGeoTIFF:
             self._abort()
 
 
+def regrid(
+    src_path: str | Path,
+    dst_path: str | Path,
+    grid: Sequence[Any],
+    resampling: str = "nearest",
+    rows: int = 512,
+    **writer: Any,
+) -> Path:
+    """Write a finished raster onto another grid ``(crs, transform, width, height)``, row band
+    by row band (a WarpedVRT read into a :class:`StreamingGeoTIFF`: bounded memory, atomic).
+
+    Its dtype, band count and nodata are kept; ``writer`` passes the colour table, class
+    names and band descriptions on. ``resampling``: a rasterio Resampling name (``nearest`` or
+    ``mode`` for classes, ``bilinear`` or ``average`` for probabilities).
+    """
+    from rasterio.vrt import WarpedVRT
+
+    crs, transform, width, height = grid
+    try:
+        with rasterio.open(src_path) as src:
+            nodata = src.nodata
+            target = {"crs": crs if crs is not None else src.crs, "transform": transform}
+            with WarpedVRT(
+                src, width=width, height=height, resampling=Resampling[resampling], **target
+            ) as vrt, StreamingGeoTIFF(
+                dst_path, (crs, transform, width, height), src.count, src.dtypes[0],
+                nodata=nodata, **writer,
+            ) as out:  # fmt: skip
+                for row in range(0, height, rows):
+                    n = min(rows, height - row)
+                    out.write_rows(row, vrt.read(window=Window(0, row, width, n)))
+    except RasterioError as err:
+        raise write_error(dst_path, err) from err
+    return Path(dst_path)
+
+
 def to_cog(
     src_path: str | Path,
     dst_path: str | Path,

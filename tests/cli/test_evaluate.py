@@ -160,8 +160,41 @@ def test_isprs_numbers_equal_an_independent_numpy_computation(diverse, tmp_path,
         ):
             assert (p.crs, p.transform, p.shape) == (t.crs, t.transform, t.shape)
             assert p.colormap(1)[0][:3] == (255, 255, 255)
-    assert (out / "overlays" / "top_mosaic_09cm_area2.png").is_file()
+    from PIL import Image
+
+    with Image.open(out / "overlays" / "top_mosaic_09cm_area2.png") as png:
+        assert png.text["Title"] == "top_mosaic_09cm_area2: RGB + X"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_overlays_have_a_title_and_a_legend_of_classes_and_errors(tmp_path):
+    from PIL import Image
+
+    from rsfusion.cli.evaluate import ERROR_COLOUR, save_overlay
+    from rsfusion.models.checkpoint import CheckpointMeta
+
+    meta = CheckpointMeta.from_dict({
+        "card": "vaihingen", "rgb_modality": "irrg", "rgb_bands": ["nir", "red", "green"],
+        "x_modality": None, "x_bands": [], "rgb_norm": {}, "x_norm": {},
+        "classes": ["road", "house", "grass"], "palette": [[10, 20, 30], [40, 50, 60],
+        [70, 80, 90]], "ignore_index": 255, "window": 16, "model": {"name": "x"}})  # fmt: skip
+    image = np.random.default_rng(0).integers(0, 255, (3, 30, 40)).astype(np.float32)
+    pred = np.zeros((30, 40), np.int64)
+    target = np.ones((30, 40), np.int64)  # every pixel wrong
+    path = save_overlay(image, pred, target, meta, tmp_path / "o.png", "area9: RGB + X")
+    with Image.open(path) as png:
+        assert png.text["Title"] == "area9: RGB + X"
+        legend = json.loads(png.text["Legend"])
+        pixels = np.asarray(png.convert("RGB"))
+    assert [name for name, _ in legend[:3]] == ["road", "house", "grass"]
+    assert legend[3][1] == list(ERROR_COLOUR) and "error" in legend[3][0]
+    height = pixels.shape[0]
+    assert height > 30 + 40 and pixels.shape[1] >= 3 * 40  # room for title and legend
+    below = pixels[height - 40 :]  # the legend: a swatch of each class colour, and red
+    for colour in ([10, 20, 30], [40, 50, 60], [70, 80, 90], list(ERROR_COLOUR)):
+        assert (below == colour).all(-1).sum() >= 50, colour
+    above = pixels[:20]
+    assert (above != 255).any()  # the title is drawn
 
 
 def test_natural_images_whole_multiscale_flip(nyudepthv2_root, tmp_path, capsys):

@@ -227,3 +227,36 @@ def test_device_names_are_checked(monkeypatch):
         resolve_device("cuda:2")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_valid_pixels_miss_x_nodata_non_finite_and_outside_x(tmp_path):
+    """Issue 18 item 7: where X has no data (nodata, NaN, +-inf, or outside the X raster when
+    warped with --align) the pixel is missing; a warped X is NaN there, never a filler 0."""
+    from rasterio.transform import from_origin
+
+    from rsfusion.inference.reader import ValidPixels, open_pair
+
+    def write(path, data, origin, nodata=None):
+        profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1],
+                       count=data.shape[0], dtype=data.dtype.name, crs="EPSG:32632",
+                       transform=from_origin(origin, 16, 1, 1), nodata=nodata)  # fmt: skip
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return path
+
+    rgb = write(tmp_path / "rgb.tif", np.full((3, 16, 16), 9, np.uint8), 0)
+    dsm = np.full((1, 16, 16), 5.0, np.float32)  # no nodata declared: 0 would look like data
+    dsm[0, 0, :3] = [-1, np.nan, np.inf]
+    x = write(tmp_path / "x.tif", dsm, 8, nodata=-1)  # covers columns 8..15 of the RGB
+    norm = InputNorm(np.zeros(3), np.ones(3))
+    grid = (rasterio.crs.CRS.from_epsg(32632), from_origin(0, 16, 1, 1), 16, 16)
+    spec = PairSpec(rgb, x, norm, x_grid=grid)
+    with open_pair(spec) as (src, xsrc):
+        valid = ValidPixels(src, xsrc)
+        rows = valid.rows(0, 16)
+        assert not rows[:, :8].any()  # outside X
+        assert not rows[0, 8:11].any() and rows[0, 11:].all() and rows[1:, 8:].all()
+        assert valid.x_missing == 16 * 8 + 3
+        (_, _, xw), = WindowReader(spec, [[Window(0, 0, 16, 16)]], 16, threads=0)  # fmt: skip
+        assert np.isnan(xw[0, 0, :, :8]).all() and (xw[0, 0, 1:, 8:] == 5).all()
+        assert ValidPixels(src).rows(0, 16) is None  # RGB without a mask: all valid

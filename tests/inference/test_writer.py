@@ -9,7 +9,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, to_cog
+from rsfusion.inference.writer import StreamingGeoTIFF, class_dtype, regrid, to_cog
 
 TRANSFORM = from_origin(496000.0, 5420000.0, 0.5, 0.5)
 GRID = ("EPSG:32632", TRANSFORM, 517, 300)
@@ -210,3 +210,27 @@ def test_disk_full_is_a_user_error_naming_the_file(tmp_path: Path, monkeypatch) 
     with pytest.raises(PredictionError, match=r"cannot write .*cog\.tif: No space left"):
         to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif")
     assert [p.name for p in tmp_path.iterdir()] == ["tiled.tif"]
+
+
+def test_regrid_writes_a_finished_raster_on_another_grid_with_its_styles(tmp_path):
+    """--resample-to-gsd: outputs made at the training GSD go back onto the input's grid."""
+    fine = ("EPSG:32632", from_origin(0, 64, 0.5, 0.5), 128, 128)
+    classes = np.zeros((1, 128, 128), np.uint8)
+    classes[:, :, 64:] = 1
+    classes[:, :8, :8] = 255
+    src = tmp_path / "fine.tif"
+    with StreamingGeoTIFF(src, fine, 1, "uint8", nodata=255, colormap=COLOURS,
+                          class_names=NAMES) as w:  # fmt: skip
+        w.write_rows(0, classes)
+    coarse = ("EPSG:32632", from_origin(0, 64, 2.0, 2.0), 32, 32)
+    out = regrid(src, tmp_path / "coarse.tif", coarse, "mode", rows=10, colormap=COLOURS,
+                 class_names=NAMES)  # fmt: skip
+    with rasterio.open(out) as dst:
+        assert (dst.transform, dst.width, dst.height) == (coarse[1], 32, 32)
+        data = dst.read(1)
+        assert dst.nodata == 255 and dst.colormap(1)[1][:3] == (0, 0, 255)
+        assert json.loads(dst.tags()["CLASS_NAMES"]) == NAMES
+    assert (
+        (data[:, :16] == 0)[2:].all() and (data[:, 16:] == 1).all() and (data[:2, :2] == 255).all()
+    )
+    assert not list(tmp_path.glob(".*"))

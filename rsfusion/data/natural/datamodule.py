@@ -25,6 +25,7 @@ from rsfusion.data.datamodule import rgb_normalise
 from rsfusion.data.natural.base import NaturalRGBXDataset, dataset_class_for
 from rsfusion.data.natural.transforms import SampleResizeCrop, pad_collate
 from rsfusion.data.normalise import XNorm
+from rsfusion.data.raster_facts import inputs_record
 from rsfusion.errors import MissingFileError
 
 
@@ -215,4 +216,12 @@ class NaturalDataModule(NonGeoDataModule):
             "resize": cfg.resize,
             "crop": cfg.crop,
             "pad_multiple": cfg.pad_multiple,
+            # dtypes as the card states them (natural images carry no GSD)
+            "inputs": inputs_record(
+                None,
+                [],
+                self.source_card.modality(cfg.rgb).dtype,
+                None if x is None else [],
+                None if x is None else self.source_card.modality(cfg.x).dtype,
+            ),  # fmt: skip
         }

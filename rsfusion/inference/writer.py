@@ -161,9 +161,11 @@ class StreamingGeoTIFF:
             self.staging = staging_dir(self.path.parent, self.path.name)
             self.tmp = self.staging / self.path.name
             self._dst = rasterio.open(self.tmp, "w", **self.profile)
-        except WRITE_ERRORS as err:
+        except BaseException as err:  # Ctrl-C too: the staging folder never outlives the run
             self._abort()
-            raise write_error(self.path, err) from err
+            if isinstance(err, WRITE_ERRORS):
+                raise write_error(self.path, err) from err
+            raise
         try:
             if self.colormap is not None:
                 self._dst.write_colormap(1, self.colormap)

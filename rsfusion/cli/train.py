@@ -7,6 +7,13 @@ generalist checkpoint (the model, its classes and frozen parts must be the same;
 the data may differ). --dry-run builds the model, prints its parameters, checks
 the data root and exits.
 
+Before training, a training step is measured on the device that trains, at
+batch 1 (and 2 when batch 1 times data.batch_size does not clearly fit), and
+extrapolated to data.batch_size; a run that would not fit in the free memory
+stops before training, and before any run folder is made, with the numbers and
+the data.batch_size (or trainer.accumulate_grad_batches) that fits. It costs
+one or two training steps; --no-memory-check skips it.
+
 Example:
   python scripts/train.py --cfg vaihingen_mobanet --set data.root=/data/vaihingen
 """
@@ -31,6 +38,8 @@ from rsfusion.models.checkpoint import CheckpointMeta, read_checkpoint
 
 #: a checkpoint as :func:`read_checkpoint` returns it: (the saved dict, its metadata)
 Loaded = tuple[dict[str, Any], CheckpointMeta]
+#: what :func:`prepare` builds: (the lightning.Trainer, the datamodule, the task)
+Built = tuple[Any, Any, Any]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from", metavar="CKPT", help="start from a checkpoint's weights (fine-tuning)"
     )
     parser.add_argument("--dry-run", action="store_true", help="build the model, check, exit")
+    parser.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="train without first measuring whether a training step fits in memory",
+    )
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<cfg>/<time>/)")
     return parser
 
@@ -137,12 +151,32 @@ def check_devices(trainer: dict[str, Any]) -> None:
 
 
 def build_task(cfg: ExperimentConfig) -> tuple[Any, Any]:
-    """The datamodule and the LightningModule of a config (seed first for a stable init)."""
+    """The datamodule and the LightningModule of a config (seed first for a stable init);
+    backbone weights that cannot be had are reported as training on a random backbone."""
     from rsfusion.data.factory import make_datamodule
+    from rsfusion.models.backbones.factory import building_for
     from rsfusion.training.task import SegmentationTask
 
     dm = make_datamodule(cfg.data, cfg.seed)
-    return dm, SegmentationTask.from_config(cfg, dm)
+    with building_for("training"):
+        return dm, SegmentationTask.from_config(cfg, dm)
+
+
+def prepare(cfg: ExperimentConfig, folder: Path, memory_check: bool = True) -> Built:
+    """Seed, then the trainer (writing under ``folder``, not made yet), the datamodule and the
+    task; with ``memory_check`` a run whose training step does not fit in memory is refused
+    here (:func:`rsfusion.training.memory.check_training_memory`), before anything is written.
+    DDP ranks other than 0 skip the check (rank 0 made it)."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = make_trainer(cfg, folder)
+    dm, task = build_task(cfg)
+    if memory_check and os.environ.get("LOCAL_RANK", "0") == "0":
+        from rsfusion.training.memory import check_training_memory
+
+        check_training_memory(cfg, task, dm, trainer)
+    return trainer, dm, task
 
 
 def init_from(task: Any, path: str, checkpoint: Loaded | None = None) -> int:
@@ -225,20 +259,18 @@ def train(
     resume: str | None = None,
     init: str | None = None,
     checkpoint: Loaded | None = None,
+    built: Built | None = None,
 ) -> Path:
     """Train as configured; returns the path of ``last.ckpt`` (written even mid-epoch).
 
     ``checkpoint``: the ``--resume`` / ``--init-from`` file, already read (else read here).
+    ``built``: what :func:`prepare` returned (else prepared here, without the memory check).
     The config is written to ``folder`` once the model and data are built; a loss or weights
     turning NaN/inf stop training (:class:`NonFiniteError`) with ``last.ckpt`` left finite.
     """
-    import lightning as L
-
     from rsfusion.models.backbones.weights import tensors_digest
 
-    L.seed_everything(cfg.seed, workers=True)
-    trainer = make_trainer(cfg, folder)
-    dm, task = build_task(cfg)
+    trainer, dm, task = built or prepare(cfg, folder, memory_check=False)
     meta = task.hparams.meta
     if resume:
         _, old = checkpoint or read_checkpoint(resume, "--resume")
@@ -305,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = ({}, read_checkpoint(args.resume, "--resume")[1])
         elif args.init_from:
             checkpoint = read_checkpoint(args.init_from, "--init-from")
+        # built (and the memory measured) before the run folder exists: a refusal leaves none
+        built = prepare(cfg, folder, memory_check=not args.no_memory_check)
         made = first_missing(folder)
         make_folder(folder, "--out" if args.out else "run folder")
         os.environ["RSFUSION_RUN_DIR"] = str(folder)
@@ -313,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # frozen backbones stay in eval mode on purpose (Backbone.train)
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-            last = train(cfg, folder, args.resume, args.init_from, checkpoint)
+            last = train(cfg, folder, args.resume, args.init_from, checkpoint, built)
         print(f"last checkpoint: {last}")
         return 0
     except USER_ERRORS as err:

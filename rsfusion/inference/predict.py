@@ -61,6 +61,7 @@ from rsfusion.inference.writer import (
     to_cog,
     write_error,
 )
+from rsfusion.models.backbones.factory import building_for
 from rsfusion.models.base import build_model
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 from rsfusion.models.engine import migrate_state_dict
@@ -168,7 +169,8 @@ def load_predictor(
 
         return load_onnx_predictor(path, dataset, modality)
     saved, meta = read_checkpoint(path, "checkpoint")
-    model = build_model(meta.spec)  # the backbone seeded as in training
+    with building_for("checkpoint"):  # offline: worded for a model whose weights come next
+        model = build_model(meta.spec)  # the backbone seeded as in training
     check_frozen(meta, model, f"checkpoint {path}")
     state = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()}
     migrate_state_dict(model, state)  # parts renamed since the checkpoint was written

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rsfusion.errors import MissingFileError, UnknownNameError, UserError, WeightsError
+from rsfusion.models.backbones.weights import hub_session, hub_unreachable
 
 __all__ = [
     "MACLIP_FORMAT",
@@ -305,7 +306,9 @@ def _from_hub(name: str, model_name: str | None) -> tuple[nn.Module, dict[str, A
     if why:
         raise WeightsError(f"CLIP weights '{name}' cannot be downloaded: {why}. Fix: {_FIX_HUB}")
     try:
-        model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu)
+        # the hub found unreachable (once per process): a cached file is read in offline mode
+        with hub_session():
+            model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu)
         cfg = open_clip.get_model_config(arch)
         cfg["quick_gelu"] = cfg.get("quick_gelu", False) or quick_gelu
     except Exception as err:  # network, missing cache entry, open_clip errors: one message
@@ -316,24 +319,12 @@ def _from_hub(name: str, model_name: str | None) -> tuple[nn.Module, dict[str, A
     return model.eval(), cfg
 
 
-def _why_unreachable(timeout: float = 3.0) -> str:
-    """Why the hub cannot be reached now ("" if it can): offline flag, or no connection within
-    ``timeout`` s (huggingface_hub would retry for about a minute)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    from rsfusion.models.backbones.weights import _offline
-
-    if _offline():
-        return "offline (HF_HUB_OFFLINE is set) and not cached"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
-        return f"{host} cannot be reached ({_short(err)}) and nothing is cached"
-    return ""
+def _why_unreachable() -> str:
+    """Why the hub cannot be reached now ("" if it can), with "nothing is cached": the offline
+    flag, or the connection probe :func:`hub_unreachable` made once for this process
+    (huggingface_hub itself would retry for about a minute)."""
+    why = hub_unreachable()
+    return f"{why} and nothing is cached" if why else ""
 
 
 def _short(err: BaseException, n: int = 160) -> str:

@@ -1,7 +1,9 @@
-"""scripts/train.py end to end: dry run, a 3-step run from another directory, bad input."""
+"""scripts/train.py end to end: dry run, a 3-step run from another directory, bad input, the
+memory check."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -190,3 +192,63 @@ def test_a_checkpoint_of_other_model_kwargs_is_refused_on_resume(tmp_path, vaihi
                      "--resume", str(ckpt)], capsys)  # fmt: skip
     assert f"--resume {ckpt}: it was built with other model settings" in line
     assert "model.kwargs differ in ['decoder_channels']" in line
+
+
+# --- the memory check: measured before the run folder is made ------------------------------
+def _scripted_steps(monkeypatch, sizes_mib):
+    """Steps measured as ``sizes_mib`` (batch 1, then 2) per run; the budget: 1000 MiB."""
+    from rsfusion.training import memory
+
+    calls: list[int] = []
+
+    def step_bytes(run, device):
+        run()  # the real step still runs
+        calls.append(1)
+        return sizes_mib[(len(calls) - 1) % len(sizes_mib)] * memory.MiB
+
+    monkeypatch.setattr(memory, "step_bytes", step_bytes)
+    budget = memory.Budget(1000 * memory.MiB, "test budget")
+    monkeypatch.setattr(memory, "available_memory", lambda device: budget)
+    return calls
+
+
+def test_a_run_that_does_not_fit_stops_with_the_numbers_and_the_batch_that_fits(
+    tmp_path, vaihingen_root, capsys, monkeypatch
+):
+    calls = _scripted_steps(monkeypatch, [300, 500])  # 100 MiB + 200 MiB per sample
+    out = tmp_path / "a" / "run"
+    base = ["--cfg", "demo_baseline", "--out", str(out), "--set", f"data.root={vaihingen_root}",
+            *TINY, "trainer.max_steps=1", "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+    line = _refused([*base, "data.batch_size=6"], capsys)
+    assert len(calls) == 2  # batch 1, then batch 2 (6 x the batch-1 cost did not fit)
+    assert "a training step does not fit in memory: data.batch_size=6 at 32x32 px" in line
+    assert "300 MiB at batch 1" in line and "500 MiB at batch 2: 200 MiB per sample" in line
+    assert "1000 MiB is available (test budget)" in line and "--no-memory-check" in line
+    best = int(re.search(r"--set data\.batch_size=(\d+) ", line)[1])
+    assert 1 <= best < 6
+    steps = -(-6 // best)
+    assert f"trainer.accumulate_grad_batches={steps}" in line
+    assert not (tmp_path / "a").exists()  # refused before any folder was made
+
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*base, f"data.batch_size={best}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"memory check: a training step at batch {best} needs about" in printed
+    assert "available (test budget): fits" in printed
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_no_memory_check_trains_without_measuring(tmp_path, vaihingen_root, capsys, monkeypatch):
+    calls = _scripted_steps(monkeypatch, [5000])  # would never fit
+    out = tmp_path / "run"
+    args = ["--cfg", "demo_baseline", "--out", str(out), "--no-memory-check", "--set",
+            f"data.root={vaihingen_root}", *TINY, "trainer.max_steps=1",
+            "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    assert not calls and "memory check" not in capsys.readouterr().out
+    assert (out / "checkpoints" / "last.ckpt").is_file()

@@ -323,3 +323,20 @@ def test_running_out_of_gpu_memory_is_a_user_error():
     runner = _FakeRunner(error=torch.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(PredictionError, match="out of memory on cuda:0.*--batch-size"):
         _run(runner, np.zeros((2, 3, 64, 64), np.uint8), None, None)
+
+
+def test_the_model_is_rebuilt_for_a_checkpoint(ckpt, monkeypatch):
+    """Offline, the backbone message is worded for a model whose weights come from a checkpoint."""
+    import rsfusion.inference.predict as predict_module
+    from rsfusion.models.backbones.factory import building
+
+    seen = []
+    real = predict_module.build_model
+
+    def spy(spec):
+        seen.append(building())
+        return real(spec)
+
+    monkeypatch.setattr(predict_module, "build_model", spy)
+    load_predictor(ckpt)
+    assert seen == ["checkpoint"]

@@ -14,8 +14,9 @@ of :mod:`rsfusion.models.backbones.internimage`), so no renaming is needed. Layo
 
 Sources: a local file (.pth/.pt/.bin/.ckpt/.safetensors) or an official checkpoint name
 (``internimage_t_1k_224``, ``internimage_h_jointto22k_384``, ... as in the authors'
-Hugging Face repository ``OpenGVLab/InternImage``); offline without a cached copy a name fails at
-once with :class:`WeightsUnavailable`, which says where to download the file.
+Hugging Face repository ``OpenGVLab/InternImage``); offline (``HF_HUB_OFFLINE``, or the hub found
+unreachable once per process) without a cached copy a name fails at once with
+:class:`WeightsUnavailable`, which says where to download the file.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from rsfusion.models.backbones.weights import (
     _FIX,
     LoadReport,
     _first,
-    _offline,
     _read_file,
+    hub_failure,
+    hub_session,
+    hub_unreachable,
     read_source,
     tensors_digest,
 )
@@ -140,16 +143,17 @@ def _hub_file(name: str) -> Path:
     cached = try_to_load_from_cache(HUB_REPO, filename)
     if isinstance(cached, str):
         return Path(cached)
-    if _offline():
+    why = hub_unreachable()  # decided once per process: no download retries offline
+    if why:
         raise WeightsUnavailable(
-            f"pre-trained weights {name!r} are unavailable: HF_HUB_OFFLINE is set and nothing "
-            f"is cached. {fix}"
+            f"pre-trained weights {name!r} are unavailable: {why}, and nothing is cached. {fix}"
         )
     try:
-        return Path(hf_hub_download(HUB_REPO, filename))
+        with hub_session() as why:
+            return Path(hf_hub_download(HUB_REPO, filename))
     except Exception as e:  # network, missing file, hub errors: one clear message
         raise WeightsUnavailable(
-            f"pre-trained weights {name!r} are unavailable ({type(e).__name__}: {e}). {fix}"
+            f"pre-trained weights {name!r} are unavailable ({hub_failure(name, e, why)}). {fix}"
         ) from e
 
 

@@ -41,6 +41,8 @@ from rsfusion.models.backbones.weights import (
     _offline,
     _read_file,
     _unwrap,
+    hub_failure,
+    hub_session,
     read_source,
     tensors_digest,
 )
@@ -172,10 +174,12 @@ def _hub_file(variant: str, name: str) -> Path:
             f"is cached. {fix}"
         )
     try:
-        return Path(_download(repo, _HUB_FILE, revision))
+        # the hub found unreachable (once per process): offline mode, no download retries
+        with hub_session() as why:
+            return Path(_download(repo, _HUB_FILE, revision))
     except Exception as e:  # network, missing file, hub errors: one clear message
         raise WeightsUnavailable(
-            f"pre-trained weights {name!r} are unavailable ({type(e).__name__}: {e}). {fix}"
+            f"pre-trained weights {name!r} are unavailable ({hub_failure(name, e, why)}). {fix}"
         ) from e
 
 

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -263,13 +262,9 @@ def build_sam_backbone(spec: ModelSpec, kwargs: dict[str, Any]) -> SamBackbone:
     try:
         report = load_sam_weights(backbone, spec.weights)
     except WeightsUnavailable as err:
-        if spec.weights_required:
-            raise WeightsError(str(err)) from err
-        warnings.warn(
-            f"BACKBONE WEIGHTS NOT LOADED, TRAINING A RANDOMLY INITIALISED FROZEN BACKBONE: {err}",
-            UserWarning,
-            stacklevel=2,
-        )
+        from rsfusion.models.backbones.factory import weights_not_loaded
+
+        weights_not_loaded(spec, err)  # the warning (or error) of every other backbone
         return backbone
     log.info("backbone %s: %s", spec.backbone, report.summary())
     return backbone

@@ -1,8 +1,11 @@
 """Load pre-trained ViT weights (timm or official facebookresearch/dinov2 layout) into timm ViTs.
 
 Weights come from a local file (.pth / .pt / .bin / .ckpt, or .safetensors) or from a timm /
-``hf-hub:`` model name; offline (``HF_HUB_OFFLINE=1``) a name without a local copy fails at once
-with :class:`WeightsUnavailable`, which says how to fix it. Official DINOv2 keys are renamed to
+``hf-hub:`` model name. Whether the hub can be used is decided once per process
+(:func:`hub_unreachable`: ``HF_HUB_OFFLINE``, else one short connection probe); offline, a name
+without a local copy fails at once with :class:`WeightsUnavailable`, which says how to fix it,
+and a cached copy is read with huggingface_hub in offline mode (:func:`hub_session`: no
+request, no retries). Official DINOv2 keys are renamed to
 timm's (``register_tokens`` -> ``reg_token``, chunked ``blocks.{chunk}.{i}`` -> ``blocks.{i}``,
 SwiGLU ``w12``/``w3`` -> ``fc1``/``fc2``), wrappers (``{"teacher": {"backbone.…"}}``) are
 unwrapped and the position embedding is resized to the model's grid.
@@ -17,13 +20,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+import socket
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -34,8 +42,11 @@ from torch import Tensor, nn
 from rsfusion.errors import WeightsError, WeightsUnavailable
 
 __all__ = [
+    "HUB_PROBE_TIMEOUT",
     "LoadReport",
     "WeightsUnavailable",
+    "hub_session",
+    "hub_unreachable",
     "load_vit_weights",
     "tensors_digest",
     "weights_digest",
@@ -350,6 +361,98 @@ def _offline() -> bool:
     return flag.strip().lower() in ("1", "on", "yes", "true") or bool(constants.HF_HUB_OFFLINE)
 
 
+#: seconds the connection probe of :func:`hub_unreachable` waits (name lookup included)
+HUB_PROBE_TIMEOUT = 2.0
+_PROBES: dict[tuple[str, int], str] = {}  # (host, port) -> why unreachable ("" if reachable)
+
+
+def hub_unreachable(url: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) -> str:
+    """Why pre-trained weights cannot be downloaded now ("" when they can), decided once.
+
+    ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set: offline. Otherwise one TCP connection
+    to the Hugging Face endpoint (``HF_ENDPOINT``, default huggingface.co; or the host of
+    ``url``), through the HTTPS proxy when one is set, bounded by ``timeout`` seconds name
+    lookup included; its answer is kept for the rest of the process, so a run that loads
+    several weights files probes once. Without this, huggingface_hub retries each file for
+    about 23 s before giving up.
+    """
+    if _offline():
+        return "HF_HUB_OFFLINE is set"
+    host, port, via = _probe_address(url)
+    if (host, port) not in _PROBES:
+        _PROBES[(host, port)] = _probe(host, port, timeout, via)
+    return _PROBES[(host, port)]
+
+
+def _probe_address(url: str | None) -> tuple[str, int, str]:
+    """(host, port) to connect to for ``url`` (default: the hub endpoint), and a note naming
+    the proxy when the connection goes through one."""
+    from huggingface_hub import constants
+
+    target = urlparse(url or constants.ENDPOINT)
+    host = target.hostname or "huggingface.co"
+    port = target.port or (80 if target.scheme == "http" else 443)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(target.scheme or "https") or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        where = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        if where.hostname:
+            return where.hostname, where.port or 80, f" through the proxy {where.hostname}"
+    return host, port, ""
+
+
+def _probe(host: str, port: int, timeout: float, via: str = "") -> str:
+    """Connect once to ``host:port`` (in a thread, so a hanging name lookup is bounded too)."""
+    answer: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append("")
+        except OSError as err:
+            reason = err.strerror or str(err) or type(err).__name__
+            answer.append(f"{host} cannot be reached{via} ({reason})")
+
+    thread = threading.Thread(target=connect, name="rsfusion-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        return f"{host} did not answer{via} within {timeout:g} s"
+    return answer[0]
+
+
+@contextlib.contextmanager
+def hub_session(url: str | None = None) -> Iterator[str]:
+    """Run hub downloads as decided by :func:`hub_unreachable` (its answer is yielded): when
+    the hub cannot be reached, huggingface_hub runs in offline mode inside the block, so a
+    cached file is read at once and a missing one fails at once (no request, no retries)."""
+    from huggingface_hub import constants
+
+    why = hub_unreachable(url)
+    before = constants.HF_HUB_OFFLINE
+    if why:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield why
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_failure(name: str, err: BaseException, why: str) -> str:
+    """Why a hub download of ``name`` failed, in one clause: the unreachable hub (``why``, when
+    :func:`hub_session` ran offline and the file was not cached) or the error itself."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if why and isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return f"{why}, and {name!r} is not in the local cache"
+    return f"{type(err).__name__}: {_short(err)}"
+
+
+def _short(err: BaseException, n: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _hub_cached(name: str) -> bool:
     """Whether timm would find ``name``'s weights without the network (a cheap check)."""
     from huggingface_hub import try_to_load_from_cache
@@ -393,15 +496,21 @@ def _hub_message(name: str, why: str) -> str:
 
 
 def _hub_state_dict(name: str) -> dict[str, Tensor]:
-    """The weights timm.create_model(name, pretrained=True) would load; quick failure offline."""
+    """The weights timm.create_model(name, pretrained=True) would load; fails at once when the
+    hub cannot be reached (:func:`hub_unreachable`) and nothing is cached."""
     if not name.startswith(_NAME_PREFIXES) and not timm.is_model(name):
         raise WeightsUnavailable(
             f"{name!r} is neither an existing weights file nor a timm model name. Fix: {_FIX}."
         )
-    if _offline() and not _hub_cached(name):
-        raise WeightsUnavailable(_hub_message(name, "HF_HUB_OFFLINE is set and nothing is cached"))
+    url = None
+    if not name.startswith(_NAME_PREFIXES) and (cfg := timm.models.get_pretrained_cfg(name)):
+        url = None if cfg.hf_hub_id or not cfg.url else cfg.url  # timm's own download URL
+    why = hub_unreachable(url)
+    if why and not _hub_cached(name):
+        raise WeightsUnavailable(_hub_message(name, f"{why}, and nothing is cached"))
     try:
-        hub_model = timm.create_model(name, pretrained=True)
+        with hub_session(url) as why:
+            hub_model = timm.create_model(name, pretrained=True)
     except Exception as e:  # network, missing cache entry, timm errors: one clear message
-        raise WeightsUnavailable(_hub_message(name, f"{type(e).__name__}: {e}")) from e
+        raise WeightsUnavailable(_hub_message(name, hub_failure(name, e, why))) from e
     return hub_model.state_dict()

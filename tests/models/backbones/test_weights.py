@@ -1,9 +1,13 @@
-"""Loading ViT weights from timm-layout and official DINOv2-layout files, offline hub names."""
+"""Loading ViT weights from timm-layout and official DINOv2-layout files, offline hub names
+(decided once per process, worded for the command)."""
 
 from __future__ import annotations
 
 import re
+import socket
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,11 +16,17 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
+from rsfusion.errors import WeightsError
+from rsfusion.models.backbones import weights
+from rsfusion.models.backbones.factory import build_backbone, building_for
 from rsfusion.models.backbones.weights import (
     WeightsUnavailable,
+    hub_session,
+    hub_unreachable,
     load_vit_weights,
     weights_digest,
 )
+from rsfusion.models.base import ModelSpec
 
 NAMES = {False: "vit_small_patch14_dinov2", True: "vit_small_patch14_reg4_dinov2"}
 
@@ -216,3 +226,152 @@ def test_missing_file_and_unknown_name_are_named(tmp_path: Path) -> None:
         load_vit_weights(tiny(), missing)
     with pytest.raises(WeightsUnavailable, match="not_a_model.*neither"):
         load_vit_weights(tiny(), "not_a_model")
+
+
+# --- offline: decided once per process, fast, one message worded for the command -------------
+TINY_VIT = {"depth": 2, "embed_dim": 48, "num_heads": 2, "img_size": 56}
+HUB_NAME = "vit_small_patch14_dinov2.lvd142m"
+
+
+@pytest.fixture
+def network_down(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """No offline flag, a fresh probe, and every connection (and name lookup) refused; the
+    addresses tried are returned."""
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                 "ALL_PROXY", "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "_PROBES", {})
+    tries: list[object] = []
+
+    def refuse(address: object, *args: object, **kwargs: object) -> None:
+        tries.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    def no_names(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_names)
+    return tries
+
+
+class Connection:
+    """What a faked socket.create_connection returns."""
+
+    def close(self) -> None:
+        pass
+
+
+def _vit_spec(**kw: object) -> ModelSpec:
+    return ModelSpec("mobanet", 4, 3, 1, backbone="vit_small_patch14_dinov2", weights=HUB_NAME,
+                     kwargs={"backbone_kwargs": dict(TINY_VIT)}, **kw)  # fmt: skip
+
+
+def _weights_warnings(build: Callable[[], object]) -> list[str]:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build()
+    return [str(w.message) for w in seen if "BACKBONE WEIGHTS" in str(w.message)]
+
+
+def test_a_hub_name_fails_over_at_once_with_one_message_when_the_network_is_down(
+    network_down: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    start = time.perf_counter()
+    with building_for("training"):
+        messages = _weights_warnings(lambda: (build_backbone(_vit_spec()),
+                                              build_backbone(_vit_spec())))  # fmt: skip
+    assert time.perf_counter() - start < 2
+    assert network_down == [("huggingface.co", 443)]  # one probe for the whole process
+    assert len(messages) == 2  # one per backbone built
+    assert messages[0].startswith("BACKBONE WEIGHTS NOT LOADED, TRAINING A RANDOMLY INITIALISED")
+    assert "huggingface.co cannot be reached (Network is unreachable)" in messages[0]
+    assert "model.weights=/path/to/file.pth" in messages[0]
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+def test_a_cached_hub_file_loads_without_any_request_when_the_network_is_down(
+    network_down: list[object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+    from timm.models._hub import save_for_hf
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    src, dst = tiny(True), tiny(True)
+    repo = tmp_path / "models--local--tiny-dinov2"
+    save_for_hf(src, repo / "snapshots" / ("0" * 40), model_args={"depth": 2, "embed_dim": 48})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    start = time.perf_counter()
+    report = load_vit_weights(dst, "hf-hub:local/tiny-dinov2")  # retries would take > 20 s
+    assert time.perf_counter() - start < 2 and len(network_down) == 1
+    assert report.loaded == len(dst.state_dict())
+    assert_same(src, dst)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # offline mode only inside
+
+
+def test_a_probe_that_gets_no_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(weights, "_offline", lambda: False)
+    monkeypatch.setattr(weights, "_PROBES", {})
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(3) or Connection())
+    start = time.perf_counter()
+    why = hub_unreachable(timeout=0.3)
+    assert time.perf_counter() - start < 1.5
+    assert why == "huggingface.co did not answer within 0.3 s"
+    assert hub_unreachable(timeout=0.3) == why  # kept: not probed again
+
+
+def test_a_reachable_hub_is_probed_once_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[object] = []
+    monkeypatch.setattr(weights, "_offline", lambda: False)
+    monkeypatch.setattr(weights, "_PROBES", {})
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda a, **k: tries.append(a) or Connection())
+    assert hub_unreachable() == "" and hub_unreachable() == ""
+    assert tries == [("proxy.example", 3128)]
+    import huggingface_hub.constants
+
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    with hub_session() as why:  # reachable: huggingface_hub's mode is left alone
+        assert why == "" and huggingface_hub.constants.HF_HUB_OFFLINE is before
+
+
+def test_hf_hub_offline_decides_without_a_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed"))
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    with hub_session():
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is before
+
+
+def test_the_message_is_worded_for_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with building_for("checkpoint"):  # prediction, evaluation, export
+        (text,) = _weights_warnings(lambda: build_backbone(_vit_spec()))
+    assert "TRAINING" not in text and "training" not in text.split("trained without")[0]
+    assert text.startswith(f"BACKBONE WEIGHTS NOT LOADED (pre-trained weights for '{HUB_NAME}'")
+    assert "HF_HUB_OFFLINE is set, and nothing is cached)): the frozen backbone is rebuilt" in text
+    assert ".)" not in text
+    assert "must match the checkpoint's frozen-weights hash" in text
+    assert "model.weights=" not in text  # not the user's to change at prediction
+    (plain,) = _weights_warnings(lambda: build_backbone(_vit_spec()))
+    assert "frozen backbone keeps its seeded random initialisation" in plain
+    assert "TRAINING" not in plain
+    trainable = _vit_spec(backbone_mode="trainable")
+    with building_for("checkpoint"):  # its weights are in the checkpoint: nothing to say
+        assert _weights_warnings(lambda: build_backbone(trainable)) == []
+    with building_for("training"):
+        (train,) = _weights_warnings(lambda: build_backbone(trainable))
+    assert "TRAINING A RANDOMLY INITIALISED TRAINABLE BACKBONE" in train
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set"):
+        build_backbone(_vit_spec(weights_required=True))

@@ -53,6 +53,7 @@ from rsfusion.models.checkpoint import META_KEY, CheckpointMeta
 
 __all__ = [
     "EXPORT_KEY",
+    "INT8_KEY",
     "ExportResult",
     "OnnxModel",
     "export_onnx",
@@ -66,6 +67,8 @@ __all__ = [
 
 #: the metadata key with the export's facts (window, layout, batch, opset, parity)
 EXPORT_KEY = "rsfusion_export"
+#: the metadata key of an int8 model's provenance and check (:mod:`rsfusion.deploy.quantize`)
+INT8_KEY = "rsfusion_int8"
 #: default ONNX opset (GridSample for InternImage's DCNv3, LayerNormalization)
 DEFAULT_OPSET = 17
 #: models whose files would exceed this keep their weights in ``<name>.onnx.data`` beside them
@@ -495,17 +498,37 @@ class OnnxModel(nn.Module):
         source = f"ONNX model {self.path}"
         self.meta = _meta_from(props, source)
         self.export = json.loads(props.get(EXPORT_KEY, "{}"))
+        #: an int8 model's provenance and check (None: float32)
+        self.int8: dict[str, Any] | None = (
+            json.loads(props[INT8_KEY]) if INT8_KEY in props else None
+        )
         self.names = [i.name for i in self.session.get_inputs()]
         shape = self.session.get_inputs()[0].shape
         self.window = int(shape[-1])
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.threads = options.intra_op_num_threads
 
+    @property
+    def precision(self) -> str:
+        """``int8`` for a quantised model, else ``fp32``."""
+        return "int8" if self.int8 is not None else "fp32"
+
     def describe(self) -> str:
         batch = "dynamic batch" if self.fixed_batch is None else f"batch {self.fixed_batch}"
+        if self.int8 is not None:
+            check = self.int8.get("check", {})
+            precision = (
+                f"int8 ({100 * float(check.get('equal', 0.0)):.2f} % of pixels equal to float32 "
+                f"on {check.get('windows')} check windows"
+            )
+            if check.get("miou_change") is not None:
+                precision += f", mIoU {float(check['miou_change']):+.2f} points"
+            precision += ")"
+        else:
+            precision = "fp32"
         return (
-            f"ONNX Runtime {_ort().__version__} CPU, {self.threads} thread(s), {self.window} px "
-            f"windows, {batch}"
+            f"ONNX Runtime {_ort().__version__} CPU {precision}, {self.threads} thread(s), "
+            f"{self.window} px windows, {batch}"
         )
 
     def _feeds(self, rgb: Tensor, x: Tensor | None) -> list[dict[str, np.ndarray]]:
@@ -545,18 +568,28 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(logits).to(rgb.device)
 
 
-def onnx_options(options: Any, source: str | Path) -> Any:
+def onnx_options(options: Any, source: str | Path, model: OnnxModel | None = None) -> Any:
     """Prediction options (a :class:`~rsfusion.inference.predict.PredictOptions`) for an ONNX
-    model: ONNX Runtime runs it on the CPU in float32, so ``device`` and ``precision`` become
-    ``cpu`` and ``fp32``; asking for another is refused.
+    model: ONNX Runtime runs it on the CPU in its own precision (float32, or int8 for a
+    quantised ``model``), so ``device`` and ``precision`` become ``cpu`` and ``fp32`` (the
+    runner adds no autocast); asking for another is refused.
 
     Raises:
-        PredictionError: an explicit GPU device or bf16 / fp16 precision.
+        PredictionError: an explicit GPU device, bf16 / fp16 precision, int8 for a float32
+            ``model`` or fp32 for an int8 one.
     """
-    if options.precision not in ("auto", "fp32"):
+    own = model.precision if model is not None else None
+    allowed = ("auto", own) if own is not None else ("auto", "fp32", "int8")
+    if options.precision not in allowed:
+        kind = "int8" if own == "int8" else "float32"
+        fix = (
+            f"quantise it first: python scripts/quantize.py --ckpt {source}"
+            if options.precision == "int8"
+            else "predict from the checkpoint"
+        )
         raise PredictionError(
             f"--precision {options.precision}: {source} is an ONNX model, run by ONNX Runtime in "
-            "float32; leave --precision out (or give fp32), or predict from the checkpoint"
+            f"{kind}; leave --precision out, or {fix}"
         )
     if options.device not in ("auto", "cpu"):
         raise PredictionError(

@@ -2,6 +2,8 @@
 
 Each case is a :class:`ModelSpec` at test sizes (as tests/models uses them) and the window it
 is exported for. ``SLOW`` marks the cases whose export takes longest (still in the default run).
+:func:`tiny_checkpoint` writes one of them as a checkpoint of the fake Vaihingen tiles (the int8
+tests calibrate on them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsfusion.catalog import load_card
 from rsfusion.models import ModelSpec, build_model
 from rsfusion.models.checkpoint import CheckpointMeta
 
@@ -136,3 +139,31 @@ def inputs(spec: ModelSpec, batch: int, window: int, seed: int = 1) -> tuple[tor
     rgb = torch.randn(batch, spec.rgb_channels, window, window, generator=gen)
     x = torch.rand(batch, max(spec.x_channels, 1), window, window, generator=gen)
     return rgb, x
+
+
+def tiny_checkpoint(
+    folder: Path, root: str | Path, seed: int = 0
+) -> tuple[Path, nn.Module, CheckpointMeta]:
+    """A tiny early-fusion U-Net written as a checkpoint whose config names the fake Vaihingen
+    tiles (training 1, 3, 5; validation 2, 4) as train.py's would. Returns (path, model, meta)."""
+    spec, window = CASES["early_fusion"]
+    meta = meta_for(
+        spec, window,
+        palette=[list(c) for c in load_card("vaihingen").palette],
+        config={"seed": 0, "data": {
+            "card": "vaihingen", "root": str(root), "rgb": "rgb", "x": "dsm",
+            "train_tiles": ["1", "3", "5"], "val_tiles": ["2", "4"], "test_tiles": ["2", "4"],
+            "eval_labels": "eroded", "window": window,
+        }},
+    )  # fmt: skip
+    model = build_model(meta.spec).eval()  # the frozen encoder as prediction rebuilds it
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    meta = meta.with_frozen(model)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path = folder / "last.ckpt"
+    torch.save({"state_dict": state, "rsfusion": meta.to_dict()}, path)
+    return path, model, meta

@@ -1,11 +1,11 @@
-"""``python scripts/export.py --ckpt CKPT --onnx OUT.onnx [--window N] [--dataset NAME] [...]``.
+"""Export a checkpoint's model to ONNX, for ONNX Runtime and the Deepness QGIS plugin.
 
 Exports a checkpoint's model to ONNX for windows of a fixed size (default: the training window):
 inputs normalised as the model takes them, output logits (B, K, N, N). ONNX Runtime's logits
 are checked against PyTorch's (float32) on random windows before the file is written; the file
 lands under its final name only when complete.
 
-The file carries the checkpoint's metadata, so ``scripts/predict.py --ckpt OUT.onnx ...``
+The file carries the checkpoint's metadata, so scripts/predict.py --ckpt OUT.onnx ...
 predicts with ONNX Runtime exactly as from the checkpoint, and the metadata of the Deepness
 QGIS plugin (class names, resolution in cm/px from the dataset card, tile size and overlap,
 standardisation), so Deepness runs an RGB model with no settings typed in. Deepness feeds one
@@ -14,6 +14,10 @@ normalisation is each raster's own min-max is exported for Deepness only with --
 RGB X (X's min and max are fixed into the metadata, and OUT.vrt stacks the pair as the layer to
 open in QGIS), --x-raster X or --x-range MIN MAX; otherwise it is exported with separate rgb and
 x inputs (Deepness refuses a model with two inputs), marked not Deepness-compatible.
+
+Example:
+  python scripts/export.py --ckpt runs/demo_mobanet/checkpoints/last.ckpt --onnx demo.onnx
+  python scripts/predict.py --ckpt demo.onnx --rgb RGB.tif --x DSM.tif --out pred/
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rsfusion-export", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="rsfusion-export", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     p.add_argument("--onnx", required=True, help="the ONNX file to write (OUT.onnx)")
     p.add_argument("--window", type=int, help="window size fixed in the model (default: training)")

@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from rsfusion.cli import evaluate, predict, train
+from rsfusion.cli import evaluate, export, predict, quantize, train
 
 PARSERS = {"train": train.build_parser, "evaluate": evaluate.build_parser,
-           "predict": predict.build_parser}  # fmt: skip
+           "predict": predict.build_parser, "export": export.build_parser,
+           "quantize": quantize.build_parser}  # fmt: skip
 #: reStructuredText / Markdown markup that a terminal prints raw.
 MARKUP = re.compile(r"``|\*\*|:(?:class|func|mod|meth|attr):`")
 

@@ -21,6 +21,8 @@ ROOT = Path(__file__).parents[1]
         ("rsfusion.training", ["SegmentationTask", "model_spec"]),
         ("rsfusion.inference", ["load_predictor", "predict_pair", "ModelRunner",
                                 "PredictOptions"]),
+        ("rsfusion.evaluation", ["evaluate", "EvalOptions", "save_overlay", "tile_labels"]),
+        ("rsfusion.deploy", ["export_onnx", "load_onnx_predictor", "load_int8_predictor"]),
     ],
 )  # fmt: skip
 def test_subpackages_export_what_a_notebook_uses(package, names):

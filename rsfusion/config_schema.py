@@ -118,6 +118,8 @@ class ModelConfig:
     drop_path_rate: float | None = None  # the backbone's stochastic depth (null: its default)
     masking: MaskingSection = field(default_factory=MaskingSection)
     aux_loss: AuxLossSection = field(default_factory=AuxLossSection)
+    # training compiles the model's forward with torch.compile (GPUs; evaluation stays eager)
+    compile: bool = False
 
 
 @dataclass

@@ -304,6 +304,14 @@ class SegmentationTask(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def setup(self, stage: str) -> None:
+        """``model.compile: true``: training runs the model's forward through ``torch.compile``
+        (in place: parameters and checkpoint keys are unchanged); evaluate.py and prediction
+        build their own model and run it eagerly."""
+        model_cfg = ((self.hparams.get("meta") or {}).get("config") or {}).get("model") or {}
+        if stage == "fit" and model_cfg.get("compile", False):
+            self.model.compile()
+
     def on_train_epoch_start(self) -> None:
         # Augmentation draws from the global RNGs: reseeding them from (seed, epoch) makes a run
         # resumed at an epoch boundary draw exactly what an uninterrupted run draws.

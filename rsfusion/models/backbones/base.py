@@ -51,6 +51,8 @@ BACKBONE_MODES: tuple[str, ...] = ("frozen", "stochastic_depth", "trainable")
 _STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rsfusion_stream", default=None
 )
+#: the streams entered while torch.compile traces (it traces one thread: no context needed)
+_TRACED: list[str] = []
 
 
 @contextlib.contextmanager
@@ -58,6 +60,13 @@ def stream_scope(stream: str) -> Iterator[None]:
     """Backbone modules called inside run on ``stream`` ('rgb' or 'x')."""
     if stream not in STREAMS:
         raise ValueError(f"stream must be 'rgb' or 'x', got {stream!r}")
+    if torch.compiler.is_compiling():  # a plain list: ContextVar.set breaks torch.compile's graph
+        _TRACED.append(stream)
+        try:
+            yield
+        finally:
+            _TRACED.pop()
+        return
     token = _STREAM.set(stream)
     try:
         yield
@@ -67,6 +76,8 @@ def stream_scope(stream: str) -> Iterator[None]:
 
 def active_stream() -> str | None:
     """The stream the backbone is running on now (None outside a backbone call)."""
+    if torch.compiler.is_compiling():
+        return _TRACED[-1] if _TRACED else None
     return _STREAM.get()
 
 

@@ -90,6 +90,9 @@ class SwinBackbone(Backbone):
         swin = timm.create_model(model_name, pretrained=False, **model_kwargs)
         if not isinstance(swin, SwinTransformer):
             raise ValueError(f"{model_name} is a {type(swin).__name__}, not a timm SwinTransformer")
+        for module in swin.modules():  # timm leaves Swin's window attention off SDPA by default
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = True
         self.swin = swin
         self.name = model_name
         self.patch = int(max(swin.patch_embed.patch_size))

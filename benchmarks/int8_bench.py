@@ -43,12 +43,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the sibling's helpers
+from predict_bench import rounds  # noqa: E402
 
 PATHS = ("torch fp32", "torch bf16", "ORT fp32", "ORT int8")
 
@@ -67,17 +70,6 @@ def cpu_name() -> str:
     )  # fmt: skip
     units = [u for u in ("amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16") if u in info]
     return f"{model} ({', '.join(units) or 'no VNNI / bf16 units'})"
-
-
-def rounds(fns: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
-    """Wall times of each function over ``repeats`` rounds that run them in turn."""
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
-    return times
 
 
 # ------------------------------------------------------------------------------ the models

@@ -46,16 +46,21 @@ from rsfusion.inference.reader import WindowReader
 from rsfusion.inference.runner import ModelRunner, cpu_has_bf16
 
 
-def _interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall time of each function over ``repeats`` rounds that run them in turn, so a
-    slow spell of the machine (other load, clock changes) weighs on all of them alike."""
+def rounds(fns: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Wall times of each function over ``repeats`` rounds that run them in turn, so a slow
+    spell of the machine (other load, clock changes) weighs on all of them alike."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, spent in zip(fns, times):
             start = time.perf_counter()
             fn()
             spent.append(time.perf_counter() - start)
-    return [min(t) for t in times]
+    return times
+
+
+def _interleaved(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Best wall time of each function over :func:`rounds`."""
+    return [min(t) for t in rounds(fns, repeats)]
 
 
 def cpu_name() -> str:

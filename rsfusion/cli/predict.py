@@ -44,7 +44,7 @@ from rsfusion.inference.api import (
     predict,
 )
 from rsfusion.inference.folder import Pair
-from rsfusion.inference.predict import PredictOptions, load_predictor
+from rsfusion.inference.predict import PredictOptions
 from rsfusion.inference.runner import resolve_device
 
 
@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=int, default=64, help="GDAL block cache (GDAL_CACHEMAX)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-        help="autocast precision (auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32)",
+        "--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+        help="autocast precision (auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else "
+        "fp32; on CPUs the checkpoint's int8 model instead where scripts/quantize.py made one "
+        "that passed its check); int8: the int8 model in ONNX Runtime on the CPU (quantised, "
+        "checked and cached beside the checkpoint on first use)",
     )  # fmt: skip
     p.add_argument(
         "--fp32-stages", type=int, default=1,
@@ -174,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory_mb < 1:
             raise PredictionError(f"--memory-mb {args.memory_mb}: must be at least 1")
         os.environ["GDAL_CACHEMAX"] = str(args.memory_mb)
+        resolve_device(args.device)  # before the output folder is made
         check_out_dir(out)
-        resolve_device(args.device)
         keep_freed_memory()  # no page faults for every batch's tensors (rsfusion/allocator.py)
-        model, meta = load_predictor(args.ckpt, args.dataset, args.modality)
+        predictor = Predictor.load(
+            args.ckpt, args.dataset, args.modality, args.precision, args.device, args.window
+        )
         predict(
-            Predictor(model, meta, args.ckpt), args.rgb, args.x, out=out, pairs=args.pairs,
+            predictor, args.rgb, args.x, out=out, pairs=args.pairs,
             options=options, redo=args.redo, rank=rank, world=world, on_outputs=_print_outputs,
         )  # fmt: skip
     except USER_ERRORS as err:

@@ -650,8 +650,8 @@ def int8_source(
 ) -> Path | None:
     """What prediction hands to :func:`load_int8_predictor` for ``--precision``: ``source``
     itself for ``int8``, the checked cached int8 model for ``auto`` on the CPU where
-    :func:`auto_int8` finds one; None where the model loads as usual (torch, or ONNX Runtime for
-    a ``.onnx``).
+    :func:`auto_int8` finds one (the caller says so where it names the precision); None where
+    the model loads as usual (torch, or ONNX Runtime for a ``.onnx``).
 
     Raises:
         PredictionError: ``int8`` with a GPU device (ONNX Runtime runs it on the CPU).
@@ -667,8 +667,4 @@ def int8_source(
         return Path(source)
     if precision != "auto" or resolve_device(device).type != "cpu":
         return None
-    found = auto_int8(source, dataset, modality, window)
-    if found is not None:
-        log.info(f"--precision auto: the checked int8 model {found} (--precision bf16 or fp32 "
-                 "predicts with the checkpoint itself)")  # fmt: skip
-    return found
+    return auto_int8(source, dataset, modality, window)

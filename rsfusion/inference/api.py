@@ -72,11 +72,33 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path, dataset: str | None = None, modality: str | None = None
+        cls,
+        checkpoint: str | Path,
+        dataset: str | None = None,
+        modality: str | None = None,
+        precision: str = "auto",
+        device: str = "auto",
+        window: int | None = None,
     ) -> Predictor:
         """Load a checkpoint (or an ``.onnx`` export); ``dataset`` and ``modality`` as for
-        :func:`~rsfusion.inference.predict.load_predictor`."""
-        model, meta = load_predictor(checkpoint, dataset, modality)
+        :func:`~rsfusion.inference.predict.load_predictor`.
+
+        ``precision="int8"`` loads the checkpoint's int8 model for ONNX Runtime on the CPU
+        (quantised, checked and cached beside it on first use:
+        :func:`~rsfusion.deploy.quantize.load_int8_predictor`); ``"auto"`` on the CPU picks the
+        cached int8 model of this very checkpoint where one passed its check, and says so in
+        the log. ``window`` is the window the int8 model is made for (default: training's).
+        """
+        from rsfusion.deploy.quantize import int8_source, load_int8_predictor
+
+        int8 = int8_source(checkpoint, precision, device, dataset, modality, window)
+        if int8 is not None:
+            if precision == "auto":
+                log.info(f"--precision auto: the checked int8 model {int8} (--precision bf16 or "
+                         "fp32 predicts with the checkpoint itself)")  # fmt: skip
+            model, meta = load_int8_predictor(int8, dataset, modality, window)
+        else:
+            model, meta = load_predictor(checkpoint, dataset, modality)
         return cls(model, meta, str(checkpoint))
 
 
@@ -189,8 +211,8 @@ def predict(
             )
         opts.check()
         out = Path(out)
+        resolve_device(opts.device)  # before the output folder is made
         check_out_dir(out)
-        resolve_device(opts.device)
         if isinstance(checkpoint, Predictor):
             if dataset is not None or modality is not None:
                 raise PredictionError(
@@ -199,7 +221,9 @@ def predict(
                 )
             predictor = checkpoint
         else:
-            predictor = Predictor.load(checkpoint, dataset, modality)
+            predictor = Predictor.load(
+                checkpoint, dataset, modality, opts.precision, opts.device, opts.window
+            )
         _predict(predictor, rgb, x, pairs, out, opts, redo, rank, world, run, on_outputs)
     except KeyboardInterrupt as err:
         raise PredictionInterrupted(run.describe_interruption(), run.result) from err
@@ -231,8 +255,13 @@ def _predict(
     from rsfusion.deploy.onnx import OnnxModel, onnx_options
 
     model, meta, source = predictor.model, predictor.meta, predictor.source
-    if isinstance(model, OnnxModel):  # ONNX Runtime: CPU, float32
-        options = onnx_options(options, source)
+    if isinstance(model, OnnxModel):  # ONNX Runtime: CPU, in the model's float32 or int8
+        options = onnx_options(options, source, model)
+    elif options.precision == "int8":
+        raise PredictionError(
+            f"precision int8: {source} was loaded as a PyTorch model; load it with "
+            "Predictor.load(..., precision='int8') (its int8 model runs in ONNX Runtime)"
+        )
     window = int(meta.window) if options.window is None else options.window
     overlap = window // 4 if options.overlap is None else options.overlap
     if window < 1:

@@ -141,6 +141,9 @@ class ModelRunner:
 
     def describe(self) -> str:
         tta = f", flip={self.flip}, scales={list(self.scales)}" if self.augmented else ""
+        own = getattr(self.model, "describe", None)  # a model run by another runtime (ONNX)
+        if callable(own):
+            return f"{own()}{tta}"
         return f"{self.device} {self.precision} channels_last={self.channels_last}{tta}"
 
     @property

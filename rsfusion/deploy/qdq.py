@@ -169,8 +169,10 @@ def quantize_graph(
     )
 
     onnx = _onnx()
-    pre = tmp / "pre.onnx"
-    with _quiet():
+    fp32, pre = Path(fp32).resolve(), (tmp / "pre.onnx").resolve()
+    # ONNX Runtime's symbolic shape inference saves what it inferred, when incomplete, to
+    # "sym_shape_infer_temp.onnx" (+ external data) in the working folder: run it in tmp
+    with _quiet(), contextlib.chdir(tmp):
         try:  # shape inference and graph fusions (BatchNorm into Conv) ahead of quantisation
             quant_pre_process(str(fp32), str(pre))
         except Exception:  # symbolic shape inference fails on some graphs: ONNX's own then

@@ -25,7 +25,10 @@ def _windows(case: str, seed: int, n: int = 4) -> Windows:
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES]
 )
-def test_every_architecture_quantises_and_runs(case, tmp_path, record_property):
+def test_every_architecture_quantises_and_runs(case, tmp_path, record_property, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # ONNX Runtime's tools write temporary files into the working folder
     model, meta = build(case)
     spec, window = CASES[case]
     fp32 = export_onnx(model, meta, tmp_path / f"{case}.onnx").path
@@ -46,3 +49,4 @@ def test_every_architecture_quantises_and_runs(case, tmp_path, record_property):
     record_property("int8_equal_random_weights", equal)
     print(f"{case}: int8 keeps {100 * equal:.1f} % of float32 classes (random weights)")
     assert 0.0 <= equal <= 1.0 and result.agreement.pixels == 4 * window * window
+    assert list(cwd.iterdir()) == []  # nothing left in the working folder

@@ -45,7 +45,7 @@ def no_model(monkeypatch):
     def load(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
-    monkeypatch.setattr("rsfusion.cli.predict.load_predictor", load)
+    monkeypatch.setattr("rsfusion.inference.api.load_predictor", load)
 
 
 def outputs(folder):
@@ -260,9 +260,9 @@ def test_a_window_too_large_for_memory_is_refused_with_the_numbers(ckpt, vaihing
 
 def test_a_checkpoint_window_too_large_is_refused_too(ckpt, vaihingen_root, tmp_path, capsys,
                                                      monkeypatch):  # fmt: skip
-    from rsfusion.cli import predict as cli
+    from rsfusion.inference import api
 
-    load = cli.load_predictor
+    load = api.load_predictor
 
     def huge_window(*args, **kwargs):
         import dataclasses
@@ -270,7 +270,7 @@ def test_a_checkpoint_window_too_large_is_refused_too(ckpt, vaihingen_root, tmp_
         model, meta = load(*args, **kwargs)
         return model, dataclasses.replace(meta, window=100000)
 
-    monkeypatch.setattr(cli, "load_predictor", huge_window)
+    monkeypatch.setattr(api, "load_predictor", huge_window)
     rgb, x = _pair(vaihingen_root)
     assert predict_main(_args(ckpt, rgb, x, tmp_path / "out")) == 2
     assert "a window of 100000 px" in _error_lines(capsys.readouterr().err)[0]

@@ -22,8 +22,9 @@ from rsfusion.catalog import DatasetCard, load_card
 from rsfusion.data.writers import encode_labels, erode_labels, write_geotiff
 
 DEMO_TRAIN_AREAS = (1, 3, 5, 7)
+DEMO_VAL_AREAS = (8,)  # picks the best checkpoint; never scored as test
 DEMO_TEST_AREAS = (2, 4)
-DEMO_AREAS = DEMO_TRAIN_AREAS + DEMO_TEST_AREAS
+DEMO_AREAS = DEMO_TRAIN_AREAS + DEMO_VAL_AREAS + DEMO_TEST_AREAS
 
 IMPERVIOUS, BUILDING, LOW_VEG, TREE, CAR, CLUTTER = range(6)
 CLASS_NAMES = ("impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter")
@@ -310,6 +311,8 @@ def make_demo_scene(
 ) -> Path:
     """Write a synthetic scene in the ISPRS Vaihingen release layout under ``root``.
 
+    By default the areas of the demo configs' three disjoint splits: training
+    (``DEMO_TRAIN_AREAS``), validation (``DEMO_VAL_AREAS``) and test (``DEMO_TEST_AREAS``).
     Each area is drawn from its own stream (``seed``, area), so its content does not depend on
     which other areas are written. ``size`` is px (square) or (height, width). With
     ``georeferenced=False`` the files carry no CRS and no transform, like some real tiles.

@@ -210,6 +210,11 @@ class ISPRSDataset(IntersectionDataset):
             hint = where_from(self.card, Path(root), rgb) or (
                 " Point data.root at the folder the official archives were extracted into."
             )
+            if _old_demo_scene(self.card, Path(root), wanted):
+                hint = (
+                    " This is a demo scene written before its validation area was added: run "
+                    f"make_demo.py --out {root} again (the other areas come out the same)."
+                )
             raise TileError(
                 f"no tile of {self.card.name} split '{split}' ({len(wanted)} tiles) under {root}: "
                 f"e.g. {Path(root) / first} does not exist.{hint}"
@@ -275,3 +280,14 @@ class Potsdam(ISPRSDataset):
 
     def __init__(self, root: str | Path, **kwargs: Any) -> None:
         super().__init__(root, card="potsdam", **kwargs)
+
+
+def _old_demo_scene(card: DatasetCard, root: Path, wanted: Sequence[str]) -> bool:
+    """``root`` holds the demo's training tiles but not its validation area, which is asked for
+    (a scene made by make_demo.py before the demo had a validation area of its own)."""
+    from rsfusion.data.demo import DEMO_TRAIN_AREAS, DEMO_VAL_AREAS
+
+    if card.name != "vaihingen" or set(wanted) - {str(a) for a in DEMO_VAL_AREAS}:
+        return False
+    found, _ = find_tiles(card, root, [str(a) for a in DEMO_TRAIN_AREAS], rgb="rgb", x=None)
+    return len(found) == len(DEMO_TRAIN_AREAS)

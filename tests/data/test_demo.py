@@ -15,6 +15,9 @@ from rsfusion.cli.make_demo import main as make_demo_main
 from rsfusion.data.demo import (
     BUILDING,
     DEMO_AREAS,
+    DEMO_TEST_AREAS,
+    DEMO_TRAIN_AREAS,
+    DEMO_VAL_AREAS,
     IMPERVIOUS,
     LOW_VEG,
     TREE,
@@ -51,7 +54,7 @@ def _decode(labels):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The default scene (6 areas, 320 px), read back: {area: (ortho, dsm, classes, eroded)}."""
+    """The default scene (7 areas, 320 px), read back: {area: (ortho, dsm, classes, eroded)}."""
     start = time.perf_counter()
     root = make_demo_scene(tmp_path_factory.mktemp("demo"))
     elapsed = time.perf_counter() - start
@@ -163,6 +166,26 @@ def test_cli_writes_the_scene(tmp_path, capsys):
     assert "4 rasters" in capsys.readouterr().out
 
 
+def test_cli_default_writes_training_validation_and_test_areas(tmp_path, capsys):
+    assert make_demo_main(["--out", str(tmp_path / "demo"), "--size", "24"]) == 0
+    areas = DEMO_TRAIN_AREAS + DEMO_VAL_AREAS + DEMO_TEST_AREAS
+    assert DEMO_VAL_AREAS and not set(DEMO_VAL_AREAS) & set(DEMO_TRAIN_AREAS + DEMO_TEST_AREAS)
+    for area in areas:
+        assert all(p.is_file() for p in _paths(tmp_path / "demo", area)), area
+    assert f"{4 * len(areas)} rasters" in capsys.readouterr().out
+
+
+def test_an_area_does_not_depend_on_the_others_written(tmp_path):
+    make_demo_scene(tmp_path / "alone", areas=[DEMO_TEST_AREAS[0]], size=32)
+    make_demo_scene(tmp_path / "all", size=32)
+    for a, b in zip(
+        _paths(tmp_path / "alone", DEMO_TEST_AREAS[0]),
+        _paths(tmp_path / "all", DEMO_TEST_AREAS[0]),
+        strict=True,
+    ):
+        assert np.array_equal(_read(a)[0], _read(b)[0]) and _read(a)[1:] == _read(b)[1:]
+
+
 @pytest.mark.parametrize("name", ["vaihingen", "potsdam"])
 def test_committed_fixture_matches_its_generator(name, tmp_path):
     spec = importlib.util.spec_from_file_location(f"gen_{name}", DATA / name / "data.py")
@@ -232,3 +255,15 @@ def test_committed_fixtures_carry_what_they_claim(vaihingen_root, potsdam_root):
     assert ndsm[0].dtype == np.uint8 and ndsm[0].shape[0] == 1 and ndsm[1] is None
     for root in (vaihingen_root, potsdam_root):
         assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) < 300_000
+
+
+def test_a_scene_without_the_validation_area_says_how_to_remake_it(tmp_path):
+    """A demo_data made before the validation area existed: the error says to remake it."""
+    from rsfusion.data.isprs import ISPRSDataset
+    from rsfusion.errors import TileError
+
+    make_demo_scene(tmp_path / "old", areas=[*DEMO_TRAIN_AREAS, *DEMO_TEST_AREAS], size=16)
+    with pytest.raises(TileError, match=r"run make_demo.py --out .*old again"):
+        ISPRSDataset(tmp_path / "old", tiles=[str(a) for a in DEMO_VAL_AREAS])
+    with pytest.raises(TileError, match="ISPRS_semantic_labeling_Vaihingen.zip"):  # as before
+        ISPRSDataset(tmp_path / "old", tiles=["11"])

@@ -4,18 +4,10 @@ A deformable-attention fusion in the spirit of DAT (Xia et al., CVPR 2022): ever
 fused query map attends to a sparse set of keys sampled from both modalities at learned
 positions, with a relative-position bias read off a learnable table at the query-key
 displacement.
-
-The forward runs as a few batched kernels: both modalities' offset nets share their layer norm,
-GELU and output projection, one ``grid_sample`` reads r, x and Q at every group's points, and
-the attention is one ``scaled_dot_product_attention`` call with the position bias as its additive
-mask. There are no Python loops over groups or heads and no host synchronisation.
-:meth:`DSCF.forward_parts` keeps every intermediate (the attention probabilities included) and
-computes the attention explicitly.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,25 +100,6 @@ def _pixel_grid(height: int, width: int, step: int, device=None, dtype=None) -> 
     return torch.stack([gx, gy], dim=-1)
 
 
-@functools.lru_cache(maxsize=64)
-def _stored_grid(
-    height: int, width: int, step: int, device: torch.device, dtype: torch.dtype, scale: float
-) -> Tensor:
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in training
-        return _pixel_grid(height, width, step, device, dtype) * scale
-
-
-def _grid(
-    height: int, width: int, step: int, device=None, dtype=None, scale: float = 1.0
-) -> Tensor:
-    """:func:`_pixel_grid` times ``scale``, computed once per size, device and dtype (no kernels
-    in later calls); traced afresh under ``torch.compile``."""
-    if torch.compiler.is_compiling():
-        return _pixel_grid(height, width, step, device, dtype) * scale
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return _stored_grid(height, width, step, device, dtype or torch.float32, scale)
-
-
 class DSCF(nn.Module):
     """Dynamic sparse cross-modality fusion, KTB (CVPR 2025) DSCF (authors' code).
 
@@ -213,32 +186,25 @@ class DSCF(nn.Module):
         The points are the input pixels (i*s, j*s), the centres of the offset net's strided
         9x9 receptive fields, so zero offsets sample ``t[..., ::s, ::s]`` exactly.
         """
-        return _grid(height, width, self.stride, device, dtype)
+        return _pixel_grid(height, width, self.stride, device, dtype)
 
     def _grouped(self, t: Tensor) -> Tensor:
         b, c, h, w = t.shape
         return t.reshape(b * self.groups, c // self.groups, h, w)
 
     def sample_positions(self, r: Tensor, x: Tensor) -> Tensor:
-        """Positions (B, G, 2*Ns, 2), RGB set then X set: clamp(ref + offset, -1, 1), float32.
+        """Positions (B, G, 2*Ns, 2), RGB set then X set: clamp(ref + offset, -1, 1).
 
         ``r`` and ``x`` are the reduced maps (B, d, H, W); each modality's offset net reads its
-        own map, group by group [inf: which map feeds the offset nets]. After the two depthwise
-        convolutions, both nets run as one batch (layer norm, GELU, 1x1 projection).
+        own map, group by group [inf: which map feeds the offset nets].
         """
         b, _, h, w = r.shape
-        g, c = self.groups, self.hidden_dim // self.groups  # ints, also when traced (ONNX)
-        nets = (self.offset_rgb, self.offset_x)
-        dw = [net.dw(self._grouped(t)) for net, t in zip(nets, (r, x))]  # 2 x (B*G, c, Hk, Wk)
-        y = torch.stack(dw, dim=1).permute(0, 1, 3, 4, 2)  # (B*G, 2, Hk, Wk, c)
-        y = F.layer_norm(y, (c,), None, None, self.offset_rgb.norm.eps)
-        scale = torch.stack([net.norm.weight for net in nets]).view(1, 2, 1, 1, c)
-        shift = torch.stack([net.norm.bias for net in nets]).view(1, 2, 1, 1, c)
-        y = F.gelu(torch.addcmul(shift, y, scale)).flatten(2, 3)  # (B*G, 2, Ns, c)
-        proj = torch.stack([net.out.weight.view(2, c) for net in nets]).transpose(1, 2)
-        off = torch.matmul(y, proj).float()  # (B*G, 2, Ns, 2): per modality (x, y) offsets
-        ref = self.reference_points(h, w, r.device, torch.float32).reshape(1, 1, -1, 2)
-        return (ref + off).clamp(-1.0, 1.0).reshape(b, g, -1, 2)
+        ref = self.reference_points(h, w, r.device, r.dtype).reshape(1, -1, 2)
+        sets = []
+        for net, t in ((self.offset_rgb, r), (self.offset_x, x)):
+            off = net(self._grouped(t)).flatten(2).transpose(1, 2)  # (B*G, Ns, 2)
+            sets.append((ref + off).clamp(-1.0, 1.0))
+        return torch.cat(sets, dim=1).reshape(b, self.groups, -1, 2)
 
     def sample(self, t: Tensor, positions: Tensor) -> Tensor:
         """Bilinear (align_corners=True) samples (B, d, N) of (B, d, H, W) at its groups' points."""
@@ -247,15 +213,6 @@ class DSCF(nn.Module):
         out = F.grid_sample(self._grouped(t), grid, mode="bilinear", align_corners=True)
         return out.reshape(b, c, -1)
 
-    def sample_maps(self, maps: list[Tensor], positions: Tensor) -> Tensor:
-        """:meth:`sample` of several (B, d, H, W) maps in one ``grid_sample``: (B, M, d, N)."""
-        b, d, h, w = maps[0].shape
-        g, m = self.groups, len(maps)
-        t = torch.stack([t.reshape(b, g, d // g, h, w) for t in maps], dim=2)  # (B, G, M, d/G,..)
-        grid = positions.reshape(b * g, -1, 1, 2)
-        out = F.grid_sample(t.reshape(b * g, -1, h, w), grid, mode="bilinear", align_corners=True)
-        return out.view(b, g, m, d // g, -1).transpose(1, 2).reshape(b, m, d, -1)
-
     def mixing_weights(self, q_s: Tensor) -> Tensor:
         """Modality weights (B, 2, N) from the sampled queries: softmax over (RGB, X)."""
         return self.mix(q_s).softmax(dim=1)
@@ -263,9 +220,9 @@ class DSCF(nn.Module):
     def position_bias(self, height: int, width: int, positions: Tensor) -> Tensor:
         """Relative-position bias (B, h, H*W, N): the table sampled at (query - key) / 2."""
         b, g, n, _ = positions.shape
-        half = _grid(height, width, 1, positions.device, positions.dtype, 0.5)
-        # (q - p) / 2 computed as q / 2 - p / 2: halving is exact, so the values are the same
-        disp = half.reshape(1, -1, 1, 2) - (positions * 0.5).reshape(b * g, 1, n, 2)
+        grid = _pixel_grid(height, width, 1, positions.device, positions.dtype)
+        queries = grid.reshape(1, -1, 1, 2)  # (1, HW, 1, 2)
+        disp = (queries - positions.reshape(b * g, 1, n, 2)) * 0.5  # (B*G, HW, N, 2)
         table = self.rpb_table.reshape(g, self.heads // g, *self.rpb_table.shape[1:])
         table = table.unsqueeze(0).expand(b, -1, -1, -1, -1).flatten(0, 1)
         bias = F.grid_sample(table, disp, mode="bilinear", align_corners=True)
@@ -279,63 +236,40 @@ class DSCF(nn.Module):
 
     def forward_parts(self, rgb: Tensor, x: Tensor) -> DSCFParts:
         """Run DSCF and keep every intermediate (see :class:`DSCFParts`)."""
-        parts = self._run(rgb, x, keep=True)
-        assert isinstance(parts, DSCFParts)
-        return parts
-
-    def forward(self, rgb: Tensor, x: Tensor) -> Tensor:
-        """Fuse an RGB and an X stage map (B, C, H, W) into one map of the same shape."""
-        out = self._run(rgb, x, keep=False)
-        assert isinstance(out, Tensor)
-        return out
-
-    def _run(self, rgb: Tensor, x: Tensor, keep: bool) -> DSCFParts | Tensor:
-        """The forward; ``keep``: every intermediate, with the attention computed explicitly
-        (else one fused ``scaled_dot_product_attention`` call)."""
         if rgb.shape != x.shape or rgb.ndim != 4 or rgb.shape[1] != self.dim:
             raise ValueError(
                 f"expected two maps (B, {self.dim}, H, W) of one shape, got "
                 f"{tuple(rgb.shape)} and {tuple(x.shape)}"
             )
         b, _, h, w = rgb.shape
-        d, heads = self.hidden_dim, self.heads
         # Per-modality Linear C->d (d = C / reduction, 8 in KTB).
         r = self.reduce_rgb(rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         s = self.reduce_x(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        # F = GELU(BN(Conv3x3(concat))), Q = Conv1x1(F). The 1x1 convolutions run as linear
-        # layers on channels-last views, so heads come out with contiguous head channels.
+        # F = GELU(BN(Conv3x3(concat))), Q = Conv1x1(F).
         feat = self.local(torch.cat([r, s], dim=1))
-        feat_t = feat.permute(0, 2, 3, 1)  # (B, H, W, d)
-        query_t = F.linear(feat_t, self.to_q.weight.view(d, d), self.to_q.bias)
-        query = query_t.permute(0, 3, 1, 2)
-        # Deformable positions and 2*Ns bilinear samples of r, x and Q (one grid_sample).
+        query = self.to_q(feat)
+        # Deformable positions and 2*Ns bilinear samples of r, x and Q.
         positions = self.sample_positions(r, s)
-        r_s, x_s, q_s = self.sample_maps([r, s, query], positions).unbind(1)
+        r_s, x_s, q_s = (self.sample(t, positions) for t in (r, s, query))
         # Mixing: softmax over the two modalities, S = w0 * r_s + w1 * x_s.
         weights = self.mixing_weights(q_s)
-        mixed = torch.addcmul(weights[:, :1] * r_s, weights[:, 1:], x_s)
+        mixed = weights[:, :1] * r_s + weights[:, 1:] * x_s
         # Multi-head attention of all H*W queries against the 2*Ns keys, plus position bias.
-        n, dh = mixed.shape[-1], d // heads
-        mixed_t = mixed.transpose(1, 2)  # (B, N, d)
-        q = query_t.reshape(b, h * w, heads, dh).transpose(1, 2)  # (B, heads, HW, dh)
-        k = F.linear(mixed_t, self.to_k.weight.view(d, d), self.to_k.bias)
-        v = F.linear(mixed_t, self.to_v.weight.view(d, d), self.to_v.bias)
-        k, v = (t.view(b, n, heads, dh).transpose(1, 2) for t in (k, v))  # (B, heads, N, dh)
-        bias = self.position_bias(h, w, positions)
-        if keep or torch.onnx.is_in_onnx_export():  # the exporter has no SDPA with a bias
-            attn = ((q @ k.transpose(2, 3)) * self.scale + bias).softmax(dim=-1)
-            heads_out = attn @ v
-        else:  # softmax(q k^T * scale + bias) v as one fused kernel
-            bias = bias.to(q.dtype)
-            heads_out = F.scaled_dot_product_attention(q, k, v, bias, scale=self.scale)
-        out_t = heads_out.transpose(1, 2).reshape(b, h, w, d)
+        dh = self.hidden_dim // self.heads
+        q = query.reshape(b, self.heads, dh, h * w).transpose(2, 3)
+        k = self.to_k(mixed).reshape(b, self.heads, dh, -1)
+        v = self.to_v(mixed).reshape(b, self.heads, dh, -1).transpose(2, 3)
+        logits = (q @ k) * self.scale + self.position_bias(h, w, positions)
+        attn = logits.softmax(dim=-1)
+        out = (attn @ v).transpose(2, 3).reshape(b, self.hidden_dim, h, w)
         # out = a * Proj(attn) + b * F, then Linear d->C and LayerNorm.
-        proj_t = F.linear(out_t, self.proj.weight.view(d, d), self.proj.bias)
-        fused_t = torch.addcmul(self.skip_scale * feat_t, self.layer_scale, proj_t)
-        final = self.final_norm(self.expand(fused_t)).permute(0, 3, 1, 2)
-        proj, fused = proj_t.permute(0, 3, 1, 2), fused_t.permute(0, 3, 1, 2)
-        if not keep:
-            return final
+        proj = self.proj(out)
+        fused = self.layer_scale.view(1, -1, 1, 1) * proj + self.skip_scale.view(1, -1, 1, 1) * feat
+        final = self.final_norm(self.expand(fused.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return DSCFParts(
             r, s, feat, query, positions, r_s, x_s, q_s, weights, mixed, attn, proj, fused, final
         )
+
+    def forward(self, rgb: Tensor, x: Tensor) -> Tensor:
+        """Fuse an RGB and an X stage map (B, C, H, W) into one map of the same shape."""
+        return self.forward_parts(rgb, x).out

@@ -12,8 +12,9 @@ from rsfusion import errors
 from rsfusion.cli import USER_ERRORS
 
 PACKAGE = Path(__file__).parents[1] / "rsfusion"
-#: internal control flow that never leaves its module (turned into a ConfigError there)
-INTERNAL = {"TypeMismatch"}
+#: internal control flow that never leaves its module: TypeMismatch becomes a ConfigError there,
+#: PeakUnavailable a memory check skipped with its reason
+INTERNAL = {"TypeMismatch", "PeakUnavailable"}
 
 
 def _exception_classes(path: Path) -> list[str]:

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -47,6 +46,7 @@ from predict_memory import write_pair  # noqa: E402
 from rsfusion.data.windows import batched, plan_windows  # noqa: E402
 from rsfusion.inference.predict import (  # noqa: E402
     PredictOptions,
+    device_plan,
     load_predictor,
     pair_spec,
     predict_pair,
@@ -163,7 +163,9 @@ def windows(ckpt: Path, rgb: Path, dsm: Path, size: int, s: Sizes) -> tuple[Any,
 
 # ---------------------------------------------------------------- rows
 def predict_rows(s: Sizes, device: torch.device, work: Path, precision: str) -> list[Row]:
-    """End-to-end / model-only ratio of a U-Net-R18 on the U-Net raster."""
+    """End-to-end / model-only ratio of a U-Net-R18 on the U-Net raster: blended on the device
+    (a GPU's default) and on the host (the CPU's default, and the GPU path before), and with
+    the batch chosen from the GPU's free memory."""
     ckpt = write_checkpoint(work, unet_spec(), s.window)
     rgb, dsm = write_pair(work, s.unet_raster)
     model, (meta, spec), read = windows(ckpt, rgb, dsm, s.unet_raster, s)
@@ -172,21 +174,36 @@ def predict_rows(s: Sizes, device: torch.device, work: Path, precision: str) -> 
     opts = PredictOptions(window=s.window, overlap=s.overlap, batch_size=s.predict_batch,
                           precision=precision, device=str(device))  # fmt: skip
 
-    def model_only() -> None:
+    def model_only() -> None:  # the logits stay on the device
         for r, x in read:
-            runner(r, x, spec.norm)
+            runner.run(r, x, spec.norm)
         sync(device)
 
-    def end_to_end() -> None:
-        predict_pair(runner, meta, rgb, dsm, work / "e2e", opts)
+    def end_to_end(where: str, batch: int | None = s.predict_batch) -> Callable[[], None]:
+        options = dataclasses.replace(opts, blend_on=where, batch_size=batch)
+        return lambda: predict_pair(runner, meta, rgb, dsm, work / f"e2e_{where}", options)
 
-    t_model, t_e2e = _interleaved((model_only, end_to_end), s.repeats)
+    timed = (model_only, end_to_end("device"), end_to_end("host"))
+    t_model, t_device, t_host = _interleaved(timed, s.repeats)
     mpix = s.unet_raster**2 / 1e6
-    return [(
-        f"predict e2e / model only, U-Net-R18, {s.unet_raster}^2, {precision}",
-        f"{t_model / t_e2e:.2f}",
-        f"{mpix / t_e2e:.2f} vs {mpix / t_model:.2f} MPix/s (goal >= 0.85)",
-    )]  # fmt: skip
+    name = f"U-Net-R18, {s.unet_raster}^2, {precision}, batch {s.predict_batch}"
+    rows = [(
+        f"predict e2e / model only, {name}, blended on the {where}",
+        f"{t_model / t:.2f}",
+        f"{mpix / t:.2f} vs {mpix / t_model:.2f} MPix/s (goal >= 0.85)",
+    ) for where, t in (("device", t_device), ("host", t_host))]  # fmt: skip
+    if device.type == "cuda":  # the batch a user who gives none gets
+        auto_opts = dataclasses.replace(opts, batch_size=None)
+        size = (s.unet_raster, s.unet_raster)
+        n = len(plan_windows(*size, s.window, s.window - s.overlap))
+        batch, _ = device_plan(auto_opts, runner, meta, s.window, s.overlap, size, n)
+        (t_auto,) = _interleaved((end_to_end("auto", None),), s.repeats)
+        rows.append((
+            f"predict e2e / model only, U-Net-R18, {s.unet_raster}^2, {precision}, auto batch",
+            f"{t_model / t_auto:.2f}",
+            f"batch {batch} from free GPU memory: {mpix / t_auto:.2f} MPix/s",
+        ))  # fmt: skip
+    return rows
 
 
 def vit_predict_rows(s: Sizes, device: torch.device, work: Path, precision: str) -> list[Row]:
@@ -225,19 +242,56 @@ def vit_predict_rows(s: Sizes, device: torch.device, work: Path, precision: str)
 def agreement_rows(
     s: Sizes, device: torch.device, work: Path, ckpt: str | None, bf16: bool
 ) -> list[Row]:
-    """Share of equal class pixels, bf16 versus fp32, on the same windows."""
-    label = ckpt or "random-init U-Net-R18"
+    """Share of equal class pixels, bf16 versus fp32, on the same windows, and the bf16 speed.
+
+    For a dual-stream engine model (the ViT MoBaNet, or a ``--ckpt`` of one) once with its
+    first stage in float32 (prediction's default) and once without: whether that float32
+    stage is needed on this device type. Decide it on a trained checkpoint (``--ckpt``): a
+    random-init model's logits are near ties, so its agreement is a floor.
+    """
+    if ckpt:
+        models = [(Path(ckpt), ckpt, s.unet_raster)]
+    else:
+        vit = ModelSpec("mobanet", 6, 3, 1, backbone=s.vit, kwargs=s.vit_kwargs)
+        models = [
+            (write_checkpoint(work, unet_spec(), s.window), "random-init U-Net-R18", s.unet_raster),
+            (write_checkpoint(work, vit, s.window), f"random-init MoBaNet {s.vit}", s.vit_raster),
+        ]
     if not bf16:
-        return [("bf16 vs fp32 equal pixels", "n/a", f"{label}: no bf16 on this device")]
-    path = Path(ckpt) if ckpt else write_checkpoint(work, unet_spec(), s.window)
-    rgb, dsm = write_pair(work, s.unet_raster)
-    maps = {}
-    for precision in ("fp32", "bf16"):
-        model, (_, pair), read = windows(path, rgb, dsm, s.unet_raster, s)
-        runner = ModelRunner(model, device=str(device), precision=precision)
-        maps[precision] = np.concatenate([runner(r, x, pair.norm).argmax(1) for r, x in read])
-    equal = float((maps["bf16"] == maps["fp32"]).mean())
-    return [("bf16 vs fp32 equal pixels", f"{100 * equal:.2f} %", f"{label} (goal >= 99.5 %)")]
+        return [("bf16 vs fp32 equal pixels", "n/a", f"{label}: no bf16 on this device")
+                for _, label, _ in models]  # fmt: skip
+    rows = []
+    for path, label, size in models:
+        rgb, dsm = write_pair(work, size)
+        probe, _ = load_predictor(path)
+        stages = (1, 0) if getattr(probe, "has_fp32_stages", False) else (1,)
+        maps, times = {}, {}
+        for precision, fp32_stages in [("fp32", 0)] + [("bf16", n) for n in stages]:
+            model, (_, pair), read = windows(path, rgb, dsm, size, s)
+            runner = ModelRunner(model, device=str(device), precision=precision,
+                                 fp32_stages=fp32_stages)  # fmt: skip
+            runner(*read[0], pair.norm)  # warm-up, BatchNorms folded
+
+            def classes(runner: ModelRunner = runner, read: list = read, pair: Any = pair) -> Any:
+                out = [runner.run(r, x, pair.norm).argmax(1) for r, x in read]
+                sync(device)
+                return out
+
+            (t,) = _interleaved((classes,), s.repeats)
+            maps[precision, fp32_stages] = torch.cat(classes()).cpu().numpy()
+            times[precision, fp32_stages] = t
+        for n in stages:
+            equal = float((maps["bf16", n] == maps["fp32", 0]).mean())
+            speed = times["fp32", 0] / times["bf16", n]
+            name = "bf16 vs fp32 equal pixels" + (f", fp32 stages {n}" if len(stages) > 1 else "")
+            rows.append(
+                (
+                    name,
+                    f"{100 * equal:.2f} %",
+                    f"{label}, {size}^2; bf16 {speed:.2f}x fp32's speed (goal >= 99.5 %)",
+                )
+            )
+    return rows
 
 
 def _batch(n: int, px: int, device: torch.device, classes: int = 6) -> dict[str, Tensor]:

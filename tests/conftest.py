@@ -40,3 +40,26 @@ def sunrgbd_root() -> Path:
 def aloe_root() -> Path:
     """tests/data/aloe: Middlebury 2006 Aloe left view and GT disparity (scripts/fetch_aloe.py)."""
     return DATA / "aloe"
+
+
+#: a demo_baseline run small enough for tests: 32 px windows, two steps, one validation batch
+TINY_DEMO_RUN = ["data.window=32", "data.batch_size=2", "data.samples_per_epoch=4",
+                 "data.train_tiles=[1,3]", "data.val_tiles=[2]", "trainer.max_steps=2",
+                 "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def demo_ckpt(tmp_path_factory, vaihingen_root) -> Path:
+    """``last.ckpt`` of a tiny demo_baseline training run on tests/data/vaihingen (trained once
+    per session; tests that change a checkpoint copy it first)."""
+    import warnings
+
+    from rsfusion.cli.train import main as train_main
+
+    out = tmp_path_factory.mktemp("demo_run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = ["--cfg", "demo_baseline", "--out", str(out), "--set",
+                f"data.root={vaihingen_root}", *TINY_DEMO_RUN]  # fmt: skip
+        assert train_main(args) == 0
+    return out / "checkpoints" / "last.ckpt"

@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="how overlapping windows are merged: cosine (default) or linear weight ramps over "
         "the overlap, none (each window's centre only), sum (logits summed, the ISPRS protocol)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (4)")
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="windows per forward pass (default: on a GPU the most that fit in its free "
+        "memory, measured once, up to 64; 4 on a CPU)",
+    )  # fmt: skip
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     p.add_argument("--confidence", action="store_true", help="also write max probability")
     p.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")

@@ -107,28 +107,10 @@ class RowBandAccumulator:
             ValueError: On shape mismatches, a window starting outside the raster, or a window
                 touching rows that were already flushed.
         """
+        row_end, col_end = check_window(
+            win, values.shape, weights.shape, self.channels, self.height, self.width, self._start
+        )
         row_off, col_off = int(win.row_off), int(win.col_off)
-        win_h, win_w = int(win.height), int(win.width)
-        if values.shape != (self.channels, win_h, win_w):
-            raise ValueError(
-                f"values have shape {values.shape}, expected {(self.channels, win_h, win_w)}"
-            )
-        if weights.shape != (win_h, win_w):
-            raise ValueError(f"weights have shape {weights.shape}, expected {(win_h, win_w)}")
-        if not (0 <= row_off < self.height and 0 <= col_off < self.width):
-            raise ValueError(
-                f"window starts at (row {row_off}, col {col_off}), outside the "
-                f"{self.height}x{self.width} raster"
-            )
-        row_end = min(row_off + win_h, self.height)
-        col_end = min(col_off + win_w, self.width)
-        if row_off < self._start:
-            raise ValueError(
-                f"window at rows {row_off}..{row_end - 1} touches rows "
-                f"{row_off}..{min(row_end, self._start) - 1}, which were already flushed "
-                f"(flushed up to row {self._start - 1}); add windows row-major and flush only "
-                "up to the next window's row_off"
-            )
         if row_end - self._start > self.band_rows:
             self._grow(row_end - self._start)
         h, w = row_end - row_off, col_end - col_off
@@ -186,3 +168,43 @@ class RowBandAccumulator:
     def finish(self) -> Iterator[Block]:
         """Release all remaining rows (``flush(height)``); call after the last window."""
         return self.flush(self.height)
+
+
+def check_window(
+    win: Window,
+    values_shape: tuple[int, ...],
+    weights_shape: tuple[int, ...],
+    channels: int,
+    height: int,
+    width: int,
+    start: int,
+) -> tuple[int, int]:
+    """The window's last row and column (exclusive) clipped to the raster, after checking the
+    shapes of its values and weights and that it starts inside the raster, below row ``start``
+    (the first row not flushed yet).
+
+    Raises:
+        ValueError: On shape mismatches, a window starting outside the raster, or a window
+            touching rows that were already flushed.
+    """
+    row_off, col_off = int(win.row_off), int(win.col_off)
+    win_h, win_w = int(win.height), int(win.width)
+    if tuple(values_shape) != (channels, win_h, win_w):
+        raise ValueError(
+            f"values have shape {tuple(values_shape)}, expected {(channels, win_h, win_w)}"
+        )
+    if tuple(weights_shape) != (win_h, win_w):
+        raise ValueError(f"weights have shape {tuple(weights_shape)}, expected {(win_h, win_w)}")
+    if not (0 <= row_off < height and 0 <= col_off < width):
+        raise ValueError(
+            f"window starts at (row {row_off}, col {col_off}), outside the {height}x{width} raster"
+        )
+    row_end, col_end = min(row_off + win_h, height), min(col_off + win_w, width)
+    if row_off < start:
+        raise ValueError(
+            f"window at rows {row_off}..{row_end - 1} touches rows "
+            f"{row_off}..{min(row_end, start) - 1}, which were already flushed "
+            f"(flushed up to row {start - 1}); add windows row-major and flush only "
+            "up to the next window's row_off"
+        )
+    return row_end, col_end

@@ -271,11 +271,12 @@ def _predict(
     bands, k = len(meta.rgb_bands) + len(meta.x_bands), len(meta.classes)
     check_memory(  # the window's share, whatever the rasters (they are checked one by one)
         options.memory(window, window, window, overlap, bands, k),
-        f"a window of {window} px (batch {options.batch_size}, {k} classes)",
+        f"a window of {window} px (batch {options.batch_size or 'auto'}, {k} classes)",
         "use a smaller --window or --batch-size",
     )
     runner = options.runner(model)
-    check_device_memory(runner, window, bands, k, options.batch_size)
+    if options.batch_size is not None:  # an automatic one is measured to fit, per raster
+        check_device_memory(runner, window, bands, k, options.batch_size)
     run.result.device = runner.describe()
     pairs = collect_pairs(rgb, x, pairs_csv, meta)
     check_unique_outputs(pairs)  # all of them: every rank refuses the same run

@@ -88,12 +88,10 @@ def prediction_memory(
             ``classes``, confidence 1).
         prefetch: batches the reader keeps ready.
     """
-    cols = 1 if width <= window else math.ceil((width - window) / stride) + 1
-    rows_touched = 1 + math.ceil((batch - 1) / cols)  # window rows one batch can span
-    band_rows = min(max(height, window), window + (rows_touched - 1) * stride)
+    rows = band_rows(height, width, window, stride, batch)  # window rows one batch can span
     return {
         # blended values and weights, and the finished block taken out of them (softmax, argmax)
-        "row band": 2 * (classes + 1) * band_rows * width * 4,
+        "row band": 2 * (classes + 1) * rows * width * 4,
         # one tile row (512) of every output, and the orthophoto's mask rows
         "output rows": min(512, height) * width * (output_bytes + 1),
         # batches being read, run and blended: float32 inputs
@@ -121,3 +119,39 @@ def check_memory(need: dict[str, int], what: str, fix: str, available: int | Non
         f"{what} needs at least {total / GIB:.1f} GiB of memory ({parts} GiB), the model aside, "
         f"and {available / GIB:.1f} GiB are available: {fix}"
     )
+
+
+#: the share of the GPU's free memory an automatic batch may take (the rest: fragmentation,
+#: cuDNN workspaces, the allocator's rounding)
+GPU_BATCH_SHARE = 0.8
+#: the largest automatic batch: more windows per forward pass no longer speed up a GPU, and the
+#: reader must fill every batch
+MAX_AUTO_BATCH = 64
+
+
+def band_rows(height: int, width: int, window: int, stride: int, batch: int) -> int:
+    """Rows of the blending band a batch of ``batch`` windows can need (see
+    :func:`prediction_memory`)."""
+    cols = 1 if width <= window else math.ceil((width - window) / stride) + 1
+    rows_touched = 1 + math.ceil((batch - 1) / cols)
+    return min(max(height, window), window + (rows_touched - 1) * stride)
+
+
+def choose_batch(
+    free: int, per_window: int, reserved: int = 0, windows: int | None = None,
+    cap: int = MAX_AUTO_BATCH,
+) -> int:  # fmt: skip
+    """The largest batch whose windows fit in :data:`GPU_BATCH_SHARE` of ``free`` bytes after
+    ``reserved`` ones (e.g. the blending band), at least 1, at most ``cap`` and ``windows``.
+
+    ``per_window`` is the peak memory one more window in a forward pass takes (measured by
+    :meth:`~rsfusion.inference.runner.ModelRunner.window_memory`).
+
+    >>> choose_batch(free=80 * GIB, per_window=2 * GIB, reserved=GIB)
+    31
+    >>> choose_batch(free=GIB, per_window=2 * GIB), choose_batch(10 * GIB, 1, windows=3)
+    (1, 3)
+    """
+    room = int(free * GPU_BATCH_SHARE) - reserved
+    batch = room // max(per_window, 1)
+    return int(max(1, min(batch, cap, windows if windows is not None else cap)))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,16 @@ from rsfusion.errors import PredictionError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
+from rsfusion.inference.device_blend import DeviceBandAccumulator, HostCopies, band_outputs
 from rsfusion.inference.folder import output_stem
 from rsfusion.inference.inputs import PairPlan, check_pair, parse_rgb_scale, report
-from rsfusion.inference.memory import check_memory, prediction_memory
+from rsfusion.inference.memory import (
+    MAX_AUTO_BATCH,
+    band_rows,
+    check_memory,
+    choose_batch,
+    prediction_memory,
+)
 from rsfusion.inference.reader import (
     InputNorm,
     PairSpec,
@@ -66,6 +73,9 @@ from rsfusion.models.base import build_model
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 from rsfusion.models.engine import migrate_state_dict
 
+#: windows per forward pass when none is given and no GPU's memory decides (CPUs, ONNX Runtime)
+DEFAULT_BATCH = 4
+
 
 @dataclass
 class PredictOptions:
@@ -77,12 +87,19 @@ class PredictOptions:
     without X, i.e. X nodata, NaN, +-inf or outside the X raster, are nodata in every output)
     or ``"predict"`` (the model sees X as 0 there, as training does with missing X; the
     evaluation protocol scores every labelled pixel so). See :mod:`rsfusion.inference.inputs`.
+
+    ``batch_size`` None: on a GPU, the most windows that fit in its free memory (measured once
+    per window size, :func:`device_plan`), else :data:`DEFAULT_BATCH`. ``blend_on``: where the
+    windows are blended and turned into classes and probabilities: ``"device"`` (the model's
+    device; only the uint8 outputs come back, :mod:`rsfusion.inference.device_blend`),
+    ``"host"`` (numpy, in the writing thread, overlapping the model) or ``"auto"`` (the device
+    when it is a GPU with room for the band of rows, else the host).
     """
 
     window: int | None = None
     overlap: int | None = None
     blend: str = "cosine"
-    batch_size: int = 4
+    batch_size: int | None = None
     probs: bool = False
     confidence: bool = False
     cog: bool = False
@@ -104,6 +121,7 @@ class PredictOptions:
     rgb_scale: str | None = None
     resample_to_gsd: bool = False
     x_missing: str = "nodata"
+    blend_on: str = "auto"
 
     def check(self) -> None:
         """Refuse values that cannot work (named as the command-line options), before any work.
@@ -128,6 +146,8 @@ class PredictOptions:
                 raise PredictionError(f"{flag} {value}: must be 0 or more")
         if self.blend not in ("cosine", "linear", "none", "sum"):
             raise PredictionError(f"--blend {self.blend}: use cosine, linear, none or sum")
+        if self.blend_on not in ("auto", "device", "host"):
+            raise PredictionError(f"blend_on {self.blend_on!r}: use auto, device or host")
         if self.x_missing not in ("nodata", "predict"):
             raise PredictionError(f"--x-missing {self.x_missing}: use nodata or predict")
         parse_rgb_scale(self.rgb_scale)
@@ -135,10 +155,11 @@ class PredictOptions:
     def memory(
         self, width: int, height: int, window: int, overlap: int, bands: int, classes: int
     ) -> dict[str, int]:
-        """:func:`~rsfusion.inference.memory.prediction_memory` of a raster with these options."""
+        """:func:`~rsfusion.inference.memory.prediction_memory` of a raster with these options
+        (an automatic batch counted as :data:`DEFAULT_BATCH` windows)."""
         return prediction_memory(
             width=width, height=height, window=window, stride=window - overlap,
-            batch=self.batch_size, bands=bands, classes=classes,
+            batch=self.batch_size or DEFAULT_BATCH, bands=bands, classes=classes,
             output_bytes=1 + classes * self.probs + self.confidence,
             prefetch=max(1, self.prefetch or 2 * self.readers),
         )  # fmt: skip
@@ -275,6 +296,9 @@ def predict_pair(
         report(plan.notes)
     crs, transform, w, h = plan.model_grid
     bands = len(meta.rgb_bands) + len(meta.x_bands)
+    wins = window_grid(h, w, window, window - overlap)  # lazy: rows and columns only
+    batch_size, on_device = device_plan(opts, runner, meta, window, overlap, (w, h), len(wins))
+    opts = replace(opts, batch_size=batch_size)
     check_memory(
         opts.memory(w, h, window, overlap, bands, k),
         f"predicting {rgb} ({w} x {h} px{' at the training GSD' if plan.resampled else ''}, "
@@ -282,14 +306,14 @@ def predict_pair(
         "use a smaller --window or --batch-size (or fewer --readers), or cut the raster "
         "into pieces (e.g. gdal_translate -srcwin) and predict those",
     )
-    check_device_memory(runner, window, bands, k, opts.batch_size)
-    wins = window_grid(h, w, window, window - overlap)  # lazy: rows and columns only
+    check_device_memory(runner, window, bands, k, batch_size)
     spec = pair_spec(
         meta, rgb, x, plan.x_grid, plan.rgb_factor, plan.model_grid if plan.resampled else None
     )
-    reader = WindowReader(spec, batched(wins, opts.batch_size), window, opts.readers, opts.prefetch)
+    reader = WindowReader(spec, batched(wins, batch_size), window, opts.readers, opts.prefetch)
     base_weights = weight_map(window, overlap, opts.blend) if opts.blend != "sum" else None
-    acc = RowBandAccumulator(h, w, k, window)
+    acc = RowBandAccumulator(h, w, k, 1 if on_device else window)  # unused on the device
+    device_acc = DeviceBandAccumulator(h, w, k, window, runner.device) if on_device else None
     dtype = class_dtype(k)
     nodata = 255 if dtype == "uint8" and k < 255 else 65535
     profile = (crs, transform, w, h)
@@ -333,19 +357,32 @@ def predict_pair(
                 batch, logits, next_row = item
                 for wn, lg in zip(batch, logits):
                     acc.add(wn, lg, _weights(weights, base_weights, wn, window, h, w))
-                _write_rows(acc.flush(next_row), writers, valid, nodata)
+                for row, block, _ in acc.flush(next_row):
+                    _write_outputs(row, host_outputs(block, *extra), writers, valid, nodata)
 
-            # the previous batch is blended and written while the model runs on this one;
-            # the thread is the only user of the writers (and of the validity handles)
-            sink = stack.enter_context(Background(blend_and_write))
+            def write(item: tuple[int, HostCopies]) -> None:
+                row, copies = item
+                _write_outputs(row, copies.wait(), writers, valid, nodata)
+
+            extra = (opts.probs, opts.confidence)
+            # the previous batch is blended and written while the model runs on this one (on
+            # a GPU: its outputs are copied back and written); the thread is the only user of
+            # the writers (and of the validity handles)
+            sink = stack.enter_context(Background(write if on_device else blend_and_write))
             done = 0  # windows consumed; the plan is row-major: wins[done] is the next row
             for batch, rgb_b, x_b in reader:
-                logits = _run(runner, rgb_b, x_b, spec.norm)
                 done += len(batch)
-                sink.put((batch, logits, int(wins[done].row_off) if done < len(wins) else h))
+                next_row = int(wins[done].row_off) if done < len(wins) else h
+                if device_acc is None:
+                    sink.put((batch, _run(runner, rgb_b, x_b, spec.norm), next_row))
+                else:
+                    for item in _run_on_device(
+                        runner, rgb_b, x_b, spec.norm, batch, device_acc, next_row, extra,
+                        lambda wn: _weights(weights, base_weights, wn, window, h, w),
+                    ):  # fmt: skip
+                        sink.put(item)
                 bar.update(len(batch) / len(wins) * h * w / 1e6)
             sink.close()
-            _write_rows(acc.finish(), writers, valid, nodata)
         for name, final in finals.items():
             path = streamed[name]
             if plan.resampled:  # back onto the orthophoto's grid
@@ -409,13 +446,105 @@ def write_styles(
 
 def _run(runner: ModelRunner, rgb: np.ndarray, x: np.ndarray | None, norm: InputNorm) -> Any:
     """The runner's logits; running out of GPU memory is a user error with the fix."""
-    try:
+    with _out_of_memory(runner, rgb):
         return runner(rgb, x, norm)
+
+
+def _run_on_device(
+    runner: ModelRunner,
+    rgb: np.ndarray,
+    x: np.ndarray | None,
+    norm: InputNorm,
+    batch: Sequence[Window],
+    acc: DeviceBandAccumulator,
+    next_row: int,
+    extra: tuple[bool, bool],
+    weights: Any,
+) -> list[tuple[int, HostCopies]]:
+    """Run a batch, blend it on the device and start copying back the finished rows' outputs
+    (:mod:`rsfusion.inference.device_blend`); nothing here waits for the GPU."""
+    with _out_of_memory(runner, rgb):
+        logits = runner.run(rgb, x, norm)
+        for wn, lg in zip(batch, logits):
+            acc.add(wn, lg, _device_weights(weights(wn), runner.device))
+        return [
+            (row, HostCopies(band_outputs(block, *extra))) for row, block, _ in acc.flush(next_row)
+        ]
+
+
+def _device_weights(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A (cached) weight map on the device, copied there once per map."""
+    key = (id(array), str(device))
+    if _DEVICE_WEIGHTS.get(key, (None,))[0] is not array:
+        _DEVICE_WEIGHTS.clear() if len(_DEVICE_WEIGHTS) > 64 else None
+        _DEVICE_WEIGHTS[key] = (array, torch.from_numpy(array).to(device))
+    return _DEVICE_WEIGHTS[key][1]
+
+
+_DEVICE_WEIGHTS: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
+
+
+@contextlib.contextmanager
+def _out_of_memory(runner: ModelRunner, rgb: np.ndarray) -> Iterator[None]:
+    try:
+        yield
     except torch.OutOfMemoryError as err:
         raise PredictionError(
             f"out of memory on {runner.device} running the model on {len(rgb)} window(s) of "
             f"{rgb.shape[-1]} px: use a smaller --batch-size or --window ({err})"
         ) from err
+
+
+def device_plan(
+    opts: PredictOptions,
+    runner: ModelRunner,
+    meta: CheckpointMeta,
+    window: int,
+    overlap: int,
+    size: tuple[int, int],
+    windows: int,
+) -> tuple[int, bool]:
+    """The batch size and whether to blend on the device, for a raster of ``size`` (w, h).
+
+    On a GPU (a PyTorch model): the band of blended rows goes on the device when it takes at
+    most :data:`DEVICE_BAND_SHARE` of the free memory (``blend_on="auto"``), and an automatic
+    batch is the most windows that fit in the rest
+    (:func:`~rsfusion.inference.memory.choose_batch`, from the runner's measured
+    :meth:`~rsfusion.inference.runner.ModelRunner.window_memory`, cached per window size).
+    Elsewhere: :data:`DEFAULT_BATCH` and the host, unless ``blend_on="device"``.
+    """
+    gpu = runner.device.type == "cuda" and not callable(getattr(runner.model, "describe", None))
+    if not gpu:
+        return opts.batch_size or DEFAULT_BATCH, opts.blend_on == "device"
+    width, height = size
+    k, stride = len(meta.classes), window - overlap
+    free = gpu_free_memory(runner.device)
+    rows = band_rows(height, width, window, stride, opts.batch_size or MAX_AUTO_BATCH)
+    band = DeviceBandAccumulator.nbytes_for(width, k, rows)
+    on_device = opts.blend_on == "device" or (
+        opts.blend_on == "auto" and band <= DEVICE_BAND_SHARE * free
+    )
+    if opts.batch_size is not None:
+        return opts.batch_size, on_device
+    probes: dict = runner.__dict__.setdefault("window_memory_cache", {})
+    key = (window, len(meta.rgb_bands), len(meta.x_bands))
+    if key not in probes:
+        with _out_of_memory(runner, np.zeros((1, 1, window))):
+            probes[key] = runner.window_memory(key[1], key[2], window)
+        free = gpu_free_memory(runner.device)
+    fixed, per_window = probes[key]
+    reserved = fixed + (band if on_device else 0)
+    return choose_batch(free, per_window, reserved, windows), on_device
+
+
+#: the most of a GPU's free memory the band of blended rows may take (else blended on the host)
+DEVICE_BAND_SHARE = 0.25
+
+
+def gpu_free_memory(device: torch.device) -> int:
+    """Bytes free on a GPU, counting what torch's caching allocator holds but does not use."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def check_device_memory(
@@ -424,8 +553,7 @@ def check_device_memory(
     """Refuse a batch whose inputs and logits alone exceed the GPU's free memory."""
     if runner.device.type != "cuda":
         return
-    free, _ = torch.cuda.mem_get_info(runner.device)
-    free += torch.cuda.memory_reserved(runner.device) - torch.cuda.memory_allocated(runner.device)
+    free = gpu_free_memory(runner.device)
     views = len(runner.scales) * (2 if runner.flip else 1)
     need = {"inputs": batch * bands * window * window * 4}
     need["logits"] = 2 * views * batch * classes * window * window * 4
@@ -482,30 +610,36 @@ def class_map(logits: np.ndarray) -> np.ndarray:
     return classes
 
 
-def _write_rows(blocks: Iterator, writers: dict, valid: ValidPixels | None, nodata: int) -> None:
-    """Classes and the optional probabilities / confidence of finished row blocks; pixels
-    ``valid`` says lack data are nodata in the classes and 0 in the others."""
-    for row, logits, _ in blocks:
-        n = logits.shape[1]
-        classes = class_map(logits)
-        ok = valid.rows(row, n) if valid is not None else None
+def host_outputs(logits: np.ndarray, probs: bool, confidence: bool) -> dict[str, np.ndarray]:
+    """The written outputs of a blended (K, n, W) block, computed in numpy: ``classes``
+    (1, n, W) by :func:`class_map`, ``probs`` (K, n, W) and ``confidence`` (1, n, W) as
+    ``rint(255 * softmax)`` and its maximum, uint8. The block is overwritten (no band-sized
+    temporaries: the softmax costs as much as the rest of the row band)."""
+    out = {"classes": class_map(logits)[None]}
+    if not (probs or confidence):
+        return out
+    p = np.subtract(logits, logits.max(0, keepdims=True), out=logits)
+    np.exp(p, out=p)
+    p /= p.sum(0, keepdims=True)
+    if confidence:
+        out["confidence"] = np.rint(p.max(0) * 255).astype(np.uint8)[None]
+    if probs:
+        out["probs"] = np.rint(np.multiply(p, 255, out=p), out=p).astype(np.uint8)
+    return out
+
+
+def _write_outputs(
+    row: int, outs: dict[str, np.ndarray], writers: dict, valid: ValidPixels | None, nodata: int
+) -> None:
+    """Write one finished band's outputs; pixels ``valid`` says lack data are nodata in the
+    classes and 0 in the others (``rint(255 * p) * 0``: as if every probability were 0)."""
+    n = outs["classes"].shape[1]
+    ok = valid.rows(row, n) if valid is not None else None
+    for name, writer in writers.items():
+        band = outs[name]
         if ok is not None:
-            classes = np.where(ok, classes, nodata)
-        writers["classes"].write_rows(row, classes[None].astype(writers["classes"].dtype))
-        if "probs" not in writers and "confidence" not in writers:
-            continue  # the softmax costs as much as the rest of the row band
-        # softmax in place (the block is not used again): no band-sized temporaries
-        probs = np.subtract(logits, logits.max(0, keepdims=True), out=logits)
-        np.exp(probs, out=probs)
-        probs /= probs.sum(0, keepdims=True)
-        if ok is not None:
-            probs *= ok  # no data: every probability 0
-        if "confidence" in writers:
-            confidence = np.rint(probs.max(0) * 255).astype(np.uint8)[None]
-            writers["confidence"].write_rows(row, confidence)
-        if "probs" in writers:
-            np.rint(np.multiply(probs, 255, out=probs), out=probs)
-            writers["probs"].write_rows(row, probs.astype(np.uint8))
+            band = np.where(ok, band, nodata if name == "classes" else 0)
+        writer.write_rows(row, band.astype(writer.dtype, copy=False))
 
 
 def _output_styles(classes: Sequence[str], palette: Sequence[Sequence[int]]) -> dict[str, dict]:

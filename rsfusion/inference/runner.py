@@ -157,9 +157,14 @@ class ModelRunner:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _tensor(self, array: np.ndarray | None) -> Tensor | None:
+        """The array on the device; to a GPU through pinned memory with a non-blocking copy
+        (the caching host allocator reuses a pinned block only once its copy has finished)."""
         if array is None:
             return None
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def inputs(
         self, rgb: np.ndarray, x: np.ndarray | None, norm: InputNorm | None = None
@@ -207,12 +212,42 @@ class ModelRunner:
         assert total is not None
         return total
 
-    @torch.inference_mode()
     def __call__(
         self, rgb: np.ndarray, x: np.ndarray | None = None, norm: InputNorm | None = None
     ) -> np.ndarray:
         """Logits (B, K, H, W) float32 for inputs (B, C, H, W): normalised ones, or raw ones
         from :class:`~rsfusion.inference.reader.WindowReader` with their ``norm``."""
+        return self.run(rgb, x, norm).cpu().numpy()
+
+    def window_memory(self, rgb_bands: int, x_bands: int, window: int) -> tuple[int, int]:
+        """``(fixed, per_window)``: the GPU memory a forward pass of this runner takes beyond
+        what is allocated already, as ``fixed + batch * per_window`` bytes at its peak.
+
+        Measured with forward passes of one and two zero windows (after a first pass that
+        also folds the BatchNorms), so it includes the views of test-time augmentation, the
+        precision and the memory format; :func:`~rsfusion.inference.memory.choose_batch`
+        turns it into a batch size.
+        """
+        if self.device.type != "cuda":
+            raise ValueError(f"window_memory measures a GPU, not {self.device}")
+        peaks = []
+        for batch in (1, 1, 2):
+            rgb = np.zeros((batch, rgb_bands, window, window), np.float32)
+            x = np.zeros((batch, x_bands, window, window), np.float32) if x_bands else None
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.run(rgb, x)
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+        per_window = max(peaks[2] - peaks[1], 1)
+        return max(peaks[1] - per_window, 0), per_window
+
+    @torch.inference_mode()
+    def run(
+        self, rgb: np.ndarray, x: np.ndarray | None = None, norm: InputNorm | None = None
+    ) -> Tensor:
+        """:meth:`__call__`'s logits left on the device (queued there, not waited for)."""
         r, s = self.inputs(rgb, x, norm)
         with self._autocast():
             if self.fold_pending:  # this batch's forward shows which convolution feeds which BN
@@ -224,4 +259,4 @@ class ModelRunner:
                     self.model.to(memory_format=torch.channels_last)
             else:
                 out = self.logits(r, s)
-        return out.cpu().numpy()
+        return out

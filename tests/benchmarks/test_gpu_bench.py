@@ -13,9 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 gpu_bench = pytest.importorskip("gpu_bench")
 
 ROWS = (
-    "predict e2e / model only, U-Net-R18",
+    "predict e2e / model only, U-Net-R18, 96^2, fp32, batch 2, blended on the device",
+    "predict e2e / model only, U-Net-R18, 96^2, fp32, batch 2, blended on the host",
     "predict model only / bare forward, MoBaNet",
     "bf16 vs fp32 equal pixels",
+    "bf16 vs fp32 equal pixels, fp32 stages 1",
+    "bf16 vs fp32 equal pixels, fp32 stages 0",
     "training loop / bare step, MoBaNet",
     "MFU, KTB",
     "MFU, MoBaNet",

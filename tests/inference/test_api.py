@@ -4,7 +4,6 @@ folders, returns the files, and raises the library's errors (never SystemExit)."
 from __future__ import annotations
 
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -20,22 +19,11 @@ from rsfusion.inference.api import (
 )
 from rsfusion.inference.predict import PredictOptions
 
-TINY = ["data.window=32", "data.batch_size=2", "data.samples_per_epoch=2",
-        "data.train_tiles=[1,3]", "data.val_tiles=[2]", "trainer.max_steps=1",
-        "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false"]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, vaihingen_root):
-    from rsfusion.cli.train import main as train_main
-
-    out = tmp_path_factory.mktemp("run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        args = ["--cfg", "demo_baseline", "--out", str(out), "--set",
-                f"data.root={vaihingen_root}", *TINY]  # fmt: skip
-        assert train_main(args) == 0
-    return out / "checkpoints" / "last.ckpt"
+def ckpt(demo_ckpt):
+    """The session's tiny demo_baseline checkpoint (tests/conftest.py)."""
+    return demo_ckpt
 
 
 def _pair(root, area=2):

@@ -1,7 +1,6 @@
 """scripts/predict.py end to end on the fake Vaihingen tiles: georeferenced, blended, refused."""
 
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -9,24 +8,14 @@ import rasterio
 import torch
 
 from rsfusion.cli.predict import main as predict_main
-from rsfusion.cli.train import main as train_main
 from rsfusion.data.normalise import XNorm
 from rsfusion.inference.predict import PredictOptions, load_predictor, predict_pair
 
-TINY = ["data.window=32", "data.batch_size=2", "data.samples_per_epoch=4",
-        "data.train_tiles=[1,3]", "data.val_tiles=[2]", "trainer.max_steps=2",
-        "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, vaihingen_root):
-    out = tmp_path_factory.mktemp("run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        args = ["--cfg", "demo_baseline", "--out", str(out), "--set",
-                f"data.root={vaihingen_root}", *TINY]  # fmt: skip
-        assert train_main(args) == 0
-    return out / "checkpoints" / "last.ckpt"
+def ckpt(demo_ckpt):
+    """The session's tiny demo_baseline checkpoint (tests/conftest.py)."""
+    return demo_ckpt
 
 
 def _outputs(folder):

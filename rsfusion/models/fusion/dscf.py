@@ -4,10 +4,22 @@ A deformable-attention fusion in the spirit of DAT (Xia et al., CVPR 2022): ever
 fused query map attends to a sparse set of keys sampled from both modalities at learned
 positions, with a relative-position bias read off a learnable table at the query-key
 displacement.
+
+Two implementations of one computation. The reference (:meth:`DSCF.forward_parts`, used on
+CPUs) keeps every intermediate in the layout of the equations; its float32 results are those
+every demo figure was measured with, bit for bit. The fused one (GPUs; ``DSCF.fused``) runs as
+a few batched kernels: both modalities' offset nets share their layer norm, GELU and output
+projection, one ``grid_sample`` reads r, x and Q at every group's points, the 1x1 convolutions
+run as linear layers on channels-last views, and the attention is one
+``scaled_dot_product_attention`` call with the position bias as its additive mask. Neither has
+Python loops over groups or heads or host synchronisations; both cache their coordinate grids.
+The two agree to float32 rounding (tests), which is not bit-equality: training is chaotic, so
+the reference stays where the published demo numbers are reproduced.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +112,25 @@ def _pixel_grid(height: int, width: int, step: int, device=None, dtype=None) -> 
     return torch.stack([gx, gy], dim=-1)
 
 
+@functools.lru_cache(maxsize=64)
+def _stored_grid(
+    height: int, width: int, step: int, device: torch.device, dtype: torch.dtype, scale: float
+) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in training
+        return _pixel_grid(height, width, step, device, dtype) * scale
+
+
+def _grid(
+    height: int, width: int, step: int, device=None, dtype=None, scale: float = 1.0
+) -> Tensor:
+    """:func:`_pixel_grid` times ``scale``, computed once per size, device and dtype (no kernels
+    in later calls); traced afresh under ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return _pixel_grid(height, width, step, device, dtype) * scale
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _stored_grid(height, width, step, device, dtype or torch.float32, scale)
+
+
 class DSCF(nn.Module):
     """Dynamic sparse cross-modality fusion, KTB (CVPR 2025) DSCF (authors' code).
 
@@ -132,6 +163,9 @@ class DSCF(nn.Module):
         >>> dscf(torch.randn(2, 64, 9, 7), torch.randn(2, 64, 9, 7)).shape
         torch.Size([2, 64, 9, 7])
     """
+
+    #: the fused implementation: None = on CUDA tensors (the reference elsewhere), True, False
+    fused: bool | None = None
 
     def __init__(
         self,
@@ -186,7 +220,7 @@ class DSCF(nn.Module):
         The points are the input pixels (i*s, j*s), the centres of the offset net's strided
         9x9 receptive fields, so zero offsets sample ``t[..., ::s, ::s]`` exactly.
         """
-        return _pixel_grid(height, width, self.stride, device, dtype)
+        return _grid(height, width, self.stride, device, dtype)
 
     def _grouped(self, t: Tensor) -> Tensor:
         b, c, h, w = t.shape
@@ -213,6 +247,32 @@ class DSCF(nn.Module):
         out = F.grid_sample(self._grouped(t), grid, mode="bilinear", align_corners=True)
         return out.reshape(b, c, -1)
 
+    def sample_maps(self, maps: list[Tensor], positions: Tensor) -> Tensor:
+        """:meth:`sample` of several (B, d, H, W) maps in one ``grid_sample``: (B, M, d, N)."""
+        b, d, h, w = maps[0].shape
+        g, m = self.groups, len(maps)
+        t = torch.stack([t.reshape(b, g, d // g, h, w) for t in maps], dim=2)  # (B, G, M, d/G,..)
+        grid = positions.reshape(b * g, -1, 1, 2)
+        out = F.grid_sample(t.reshape(b * g, -1, h, w), grid, mode="bilinear", align_corners=True)
+        return out.view(b, g, m, d // g, -1).transpose(1, 2).reshape(b, m, d, -1)
+
+    def fused_positions(self, r: Tensor, x: Tensor) -> Tensor:
+        """:meth:`sample_positions` with both offset nets in one batch after their depthwise
+        convolutions (layer norm, GELU, 1x1 projection), float32."""
+        b, _, h, w = r.shape
+        g, c = self.groups, self.hidden_dim // self.groups  # ints, also when traced
+        nets = (self.offset_rgb, self.offset_x)
+        dw = [net.dw(self._grouped(t)) for net, t in zip(nets, (r, x))]  # 2 x (B*G, c, Hk, Wk)
+        y = torch.stack(dw, dim=1).permute(0, 1, 3, 4, 2)  # (B*G, 2, Hk, Wk, c)
+        y = F.layer_norm(y, (c,), None, None, self.offset_rgb.norm.eps)
+        scale = torch.stack([net.norm.weight for net in nets]).view(1, 2, 1, 1, c)
+        shift = torch.stack([net.norm.bias for net in nets]).view(1, 2, 1, 1, c)
+        y = F.gelu(torch.addcmul(shift, y, scale)).flatten(2, 3)  # (B*G, 2, Ns, c)
+        proj = torch.stack([net.out.weight.view(2, c) for net in nets]).transpose(1, 2)
+        off = torch.matmul(y, proj).float()  # (B*G, 2, Ns, 2): per modality (x, y) offsets
+        ref = self.reference_points(h, w, r.device, torch.float32).reshape(1, 1, -1, 2)
+        return (ref + off).clamp(-1.0, 1.0).reshape(b, g, -1, 2)
+
     def mixing_weights(self, q_s: Tensor) -> Tensor:
         """Modality weights (B, 2, N) from the sampled queries: softmax over (RGB, X)."""
         return self.mix(q_s).softmax(dim=1)
@@ -220,7 +280,7 @@ class DSCF(nn.Module):
     def position_bias(self, height: int, width: int, positions: Tensor) -> Tensor:
         """Relative-position bias (B, h, H*W, N): the table sampled at (query - key) / 2."""
         b, g, n, _ = positions.shape
-        grid = _pixel_grid(height, width, 1, positions.device, positions.dtype)
+        grid = _grid(height, width, 1, positions.device, positions.dtype)
         queries = grid.reshape(1, -1, 1, 2)  # (1, HW, 1, 2)
         disp = (queries - positions.reshape(b * g, 1, n, 2)) * 0.5  # (B*G, HW, N, 2)
         table = self.rpb_table.reshape(g, self.heads // g, *self.rpb_table.shape[1:])
@@ -235,12 +295,9 @@ class DSCF(nn.Module):
         return self.norm(t)
 
     def forward_parts(self, rgb: Tensor, x: Tensor) -> DSCFParts:
-        """Run DSCF and keep every intermediate (see :class:`DSCFParts`)."""
-        if rgb.shape != x.shape or rgb.ndim != 4 or rgb.shape[1] != self.dim:
-            raise ValueError(
-                f"expected two maps (B, {self.dim}, H, W) of one shape, got "
-                f"{tuple(rgb.shape)} and {tuple(x.shape)}"
-            )
+        """Run DSCF (the reference implementation) and keep every intermediate (see
+        :class:`DSCFParts`)."""
+        self._check(rgb, x)
         b, _, h, w = rgb.shape
         # Per-modality Linear C->d (d = C / reduction, 8 in KTB).
         r = self.reduce_rgb(rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -272,4 +329,40 @@ class DSCF(nn.Module):
 
     def forward(self, rgb: Tensor, x: Tensor) -> Tensor:
         """Fuse an RGB and an X stage map (B, C, H, W) into one map of the same shape."""
+        fused = self.fused if self.fused is not None else rgb.is_cuda
+        if fused and not torch.onnx.is_in_onnx_export():  # the exporter: no SDPA with a bias
+            return self.forward_fused(rgb, x)
         return self.forward_parts(rgb, x).out
+
+    def forward_fused(self, rgb: Tensor, x: Tensor) -> Tensor:
+        """The fused implementation of :meth:`forward` (see the module docstring)."""
+        self._check(rgb, x)
+        b, _, h, w = rgb.shape
+        d, heads = self.hidden_dim, self.heads
+        r = self.reduce_rgb(rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        s = self.reduce_x(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        feat = self.local(torch.cat([r, s], dim=1))
+        feat_t = feat.permute(0, 2, 3, 1)  # (B, H, W, d): 1x1 convolutions as linear layers
+        query_t = F.linear(feat_t, self.to_q.weight.view(d, d), self.to_q.bias)
+        positions = self.fused_positions(r, s)
+        r_s, x_s, q_s = self.sample_maps([r, s, query_t.permute(0, 3, 1, 2)], positions).unbind(1)
+        weights = self.mixing_weights(q_s)
+        mixed_t = torch.addcmul(weights[:, :1] * r_s, weights[:, 1:], x_s).transpose(1, 2)
+        n, dh = mixed_t.shape[1], d // heads
+        q = query_t.reshape(b, h * w, heads, dh).transpose(1, 2)  # (B, heads, HW, dh)
+        k = F.linear(mixed_t, self.to_k.weight.view(d, d), self.to_k.bias)
+        v = F.linear(mixed_t, self.to_v.weight.view(d, d), self.to_v.bias)
+        k, v = (t.view(b, n, heads, dh).transpose(1, 2) for t in (k, v))  # (B, heads, N, dh)
+        bias = self.position_bias(h, w, positions).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, bias, scale=self.scale)
+        out_t = out.transpose(1, 2).reshape(b, h, w, d)
+        proj_t = F.linear(out_t, self.proj.weight.view(d, d), self.proj.bias)
+        fused_t = torch.addcmul(self.skip_scale * feat_t, self.layer_scale, proj_t)
+        return self.final_norm(self.expand(fused_t)).permute(0, 3, 1, 2)
+
+    def _check(self, rgb: Tensor, x: Tensor) -> None:
+        if rgb.shape != x.shape or rgb.ndim != 4 or rgb.shape[1] != self.dim:
+            raise ValueError(
+                f"expected two maps (B, {self.dim}, H, W) of one shape, got "
+                f"{tuple(rgb.shape)} and {tuple(x.shape)}"
+            )

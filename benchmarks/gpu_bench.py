@@ -379,20 +379,32 @@ def train_loop_rows(s: Sizes, device: torch.device, low: bool) -> list[Row]:
 
 
 def mfu_row(name: str, spec: ModelSpec, n: int, px: int, s: Sizes, device: torch.device,
-            low: bool) -> Row:  # fmt: skip
-    """FLOPs of one training step over its time and the device's bf16 peak."""
+            low: bool, compiled: bool = False) -> Row:  # fmt: skip
+    """FLOPs of one training step over its time and the device's bf16 peak, and the operators
+    (kernel launches on a GPU) the eager step runs; ``compiled``: the step time with the model
+    compiled (``model.compile: true``; GPUs only: on a CPU it needs a C++ compiler)."""
+    from dscf_bench import kernel_ops
+
+    label = f"MFU, {name} training step, batch {n}, {px}^2" + (", compiled" if compiled else "")
+    if compiled and device.type != "cuda":
+        return (label, "n/a", "torch.compile rows run on GPUs")
     task = _task(spec)
     step = bare_step(task, device, low)
     batch = _batch(n, px, device)
     with FlopCounterMode(display=False) as counter:
         step(batch)
     flops = counter.get_total_flops()
+    with torch.profiler.profile() as prof:
+        step(batch)
+    ops = kernel_ops(prof.events())
+    if compiled:
+        task.model.compile()
     seconds = step_time(step, batch, s.train_steps, device)
     peak = bf16_peak(device)
     achieved = flops / seconds
     value = f"{100 * achieved / peak:.1f} %" if peak else "n/a"
-    return (f"MFU, {name} training step, batch {n}, {px}^2", value,
-            f"{flops / 1e9:.1f} GFLOP/step, {achieved / 1e12:.3f} TFLOP/s")  # fmt: skip
+    return (label, value, f"{flops / 1e9:.1f} GFLOP/step, {achieved / 1e12:.3f} TFLOP/s, "
+            f"{ops} operators per eager step")  # fmt: skip
 
 
 def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[Row]:
@@ -410,6 +422,7 @@ def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[
     ktb = ModelSpec("ktb", 6, 3, 1, backbone=s.swin, kwargs=s.swin_kwargs,
                     backbone_mode="stochastic_depth", drop_path_rate=0.3)  # fmt: skip
     rows.append(mfu_row(f"KTB {s.swin}", ktb, s.ktb_batch, s.ktb_px, s, device, low))
+    rows.append(mfu_row(f"KTB {s.swin}", ktb, s.ktb_batch, s.ktb_px, s, device, low, True))
     vit = ModelSpec("mobanet", 6, 3, 1, backbone=s.vit, kwargs=s.vit_kwargs)
     rows.append(mfu_row(f"MoBaNet {s.vit}", vit, s.train_batch, s.train_px, s, device, low))
     return rows

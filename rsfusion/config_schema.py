@@ -56,12 +56,16 @@ class DataConfig:
     eval_stride: int | None = None
     batch_size: int = 8
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    # data-loading workers; "auto": from this machine's CPUs, with the results of 0 workers
+    num_workers: int | Literal["auto"] = 0
     samples_per_epoch: int = 1000
     rgb_norm: Literal["imagenet", "unit", "tf"] = "imagenet"
     x_norm: Literal["raster_minmax", "dataset", "scale"] = "raster_minmax"
     x_scale: float = 1.0
     align_x: bool = False
+    # ISPRS: each split's rasters read once into memory ("auto": when they fit in a quarter of
+    # the memory available); samples and results are the same either way
+    in_memory: bool | Literal["auto"] = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # natural-image cards only (kind: natural); the defaults leave ISPRS configs unchanged
     x_encoding: str | None = None  # the X modality's encoding in the card (null: its default)
@@ -488,8 +492,33 @@ def joint_overrides(
 
 
 def _check_data(cfg: DataConfig, path: KeyPath, where: Callable[[KeyPath], str]) -> None:
+    if cfg.num_workers == "auto":
+        _check_auto_workers(cfg, path, where)
     if cfg.joint is not None:
         joint_overrides(cfg, path, where)
+
+
+def _check_auto_workers(cfg: DataConfig, path: KeyPath, where: Callable[[KeyPath], str]) -> None:
+    """``num_workers: auto`` is resolved by the ISPRS datamodule only: refused for natural-image
+    cards and joint runs (they take a number)."""
+    from rsfusion.catalog import load_card
+    from rsfusion.errors import UserError
+
+    key = (*path, "num_workers")
+    if cfg.joint is not None:
+        kind = "runs over several datasets (data.joint)"
+    else:
+        try:
+            card = load_card(cfg.card)
+        except UserError:
+            return  # an unknown card is reported where the data is loaded
+        if card.kind != "natural":
+            return
+        kind = f"natural-image cards such as '{card.name}'"
+    raise ConfigError(
+        f"{dotted(key)}: 'auto' is not supported for {kind} yet (in {where(key)}); "
+        "set a number of workers, e.g. 2"
+    )
 
 
 CHECKS: dict[type, Callable[[Any, KeyPath, Callable[[KeyPath], str]], None]] = {

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import rasterio.merge
 import torch
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from torch import Tensor
 from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.datasets.utils import GeoSlice
@@ -26,6 +28,7 @@ from rsfusion.data.checks import check_label_colours
 from rsfusion.data.labels import PaletteDecoder
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.tiles import GeoRaster, Tile, TileError, find_tiles
+from rsfusion.data.tilestore import TileStore, store_bytes
 from rsfusion.errors import UnknownNameError
 
 Sample = dict[str, Any]
@@ -68,9 +71,22 @@ class _RasterList(RasterDataset):
 
 
 class OrthophotoRaster(_RasterList):
-    """Orthophoto tiles; sample key ``image`` (float, original 0-255 units)."""
+    """Orthophoto tiles; sample key ``image`` (float32 in the stored units, e.g. 0-255).
+
+    With ``raw`` and every file stored as uint8, ``image`` stays uint8 (a quarter of the bytes
+    through collation, pinned memory and the host-to-device copy); cast it to float32 on the
+    device before augmenting or normalising: the values are the same, bit for bit.
+    """
 
     is_image = True
+
+    def __init__(self, rasters: Sequence[GeoRaster], cache: bool = True, raw: bool = False):
+        self.raw = raw and all(_stored_dtype(r.source) == "uint8" for r in rasters)
+        super().__init__(rasters, cache)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self.raw else torch.float32
 
 
 class ElevationRaster(_RasterList):
@@ -147,6 +163,13 @@ class LabelRaster(_RasterList):
         return sample
 
 
+def _stored_dtype(source: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(source) as src:
+            return str(src.dtypes[0])
+
+
 def _warn_georef(tiles: Sequence[Tile], card: DatasetCard) -> None:
     notes = {}
     for tile in tiles:
@@ -185,6 +208,11 @@ class ISPRSDataset(IntersectionDataset):
         transforms: applied to each sample.
         align_x: resample X rasters on another grid or CRS onto the orthophoto's (else refused).
         check_labels: scan every label raster's colours once before use (streamed).
+        rgb_raw: ``image`` in the orthophotos' stored dtype when that is uint8 (cast to float32
+            on the device; see :class:`OrthophotoRaster`); float32 otherwise.
+
+    :meth:`hold_in_memory` reads every raster once and serves the samples from memory, the same
+    samples bit for bit (:mod:`rsfusion.data.tilestore`).
     """
 
     def __init__(
@@ -201,6 +229,7 @@ class ISPRSDataset(IntersectionDataset):
         transforms: Callable[[Sample], Sample] | None = None,
         align_x: bool = False,
         check_labels: bool = True,
+        rgb_raw: bool = False,
     ) -> None:
         self.card = card if isinstance(card, DatasetCard) else load_card(card)
         wanted = [str(t) for t in tiles] if tiles is not None else self._split(split, split_preset)
@@ -239,21 +268,39 @@ class ISPRSDataset(IntersectionDataset):
             for raster in label_rasters:
                 if raster is not None:
                     check_label_colours(raster, self.card.palette)
-        dataset: Any = OrthophotoRaster([t.rgb for t in found])
+        self.orthophoto = OrthophotoRaster([t.rgb for t in found], raw=rgb_raw)
+        self.elevation: ElevationRaster | None = None
+        dataset: Any = self.orthophoto
         if x is not None:
             x_rasters = [t.x for t in found if t.x is not None]
-            elevation = ElevationRaster(x_rasters, self.x_norm, interpolate=align_x)
-            dataset = IntersectionDataset(dataset, elevation)
-        super().__init__(
-            dataset,
-            LabelRaster([r for r in label_rasters if r is not None], decoder),
-            transforms=transforms,
+            self.elevation = ElevationRaster(x_rasters, self.x_norm, interpolate=align_x)
+            dataset = IntersectionDataset(dataset, self.elevation)
+        self.label_raster = LabelRaster([r for r in label_rasters if r is not None], decoder)
+        super().__init__(dataset, self.label_raster, transforms=transforms)
+        self.store: TileStore | None = None
+
+    def memory_need(self) -> int:
+        """Bytes :meth:`hold_in_memory` would hold (from the files' headers, nothing read)."""
+        parts = [("rgb", self.orthophoto), ("x", self.elevation), ("labels", self.label_raster)]
+        return store_bytes(
+            [(role, str(fp)) for role, ds in parts if ds is not None for fp in ds.index.filepath]
         )
+
+    def hold_in_memory(self) -> TileStore:
+        """Read every raster once into memory; samples are then cut from it (the same samples
+        bit for bit; queries it cannot serve exactly still go through torchgeo)."""
+        if self.store is None:
+            self.store = TileStore(self.orthophoto, self.elevation, self.label_raster)
+        return self.store
 
     def __getitem__(self, query: Any) -> Sample:
         """The window's sample, with per-sample metadata ``dataset`` (card) and ``modality``
         (the X modality, "" for none) that recipes such as SegRGB-X read."""
-        sample = super().__getitem__(query)
+        sample = self.store(query) if self.store is not None else None
+        if sample is None:
+            sample = super().__getitem__(query)
+        elif self.transforms is not None:
+            sample = self.transforms(sample)
         sample["dataset"] = self.card.name
         sample["modality"] = self.x_modality or ""
         return sample

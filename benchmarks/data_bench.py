@@ -27,15 +27,12 @@ Not a test: run it by hand on a quiet machine, e.g.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import statistics
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_bench
-from gpu_bench import device_line, format_table, sync  # noqa: E402
+from gpu_bench import device_line, format_table, sync, work_folder  # noqa: E402
 
 from rsfusion.config import load_config  # noqa: E402
 from rsfusion.data.datamodule import ISPRSDataModule  # noqa: E402
@@ -221,16 +218,6 @@ def run(s: Sizes, work: Path) -> list[Row]:
     return rows
 
 
-@contextlib.contextmanager
-def _folder(work: Path | None) -> Iterator[Path]:
-    if work is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        yield work
-        return
-    with tempfile.TemporaryDirectory(prefix="data_bench_") as tmp:
-        yield Path(tmp)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--large", action="store_true", help="4 training tiles of 2048 px")
@@ -250,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
     try:
-        with _folder(args.work) as work:
+        with work_folder(args.work, "data_bench_") as work:
             rows = run(s, work)
         device = device_line()
     finally:

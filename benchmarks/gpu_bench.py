@@ -414,7 +414,7 @@ def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[
     low = device.type == "cuda"  # bf16 training and prediction on GPUs, fp32 on CPUs
     precision = "bf16" if low else "fp32"
     rows: list[Row] = []
-    with _folder(work) as folder:
+    with work_folder(work) as folder:
         rows += predict_rows(s, device, folder, precision)
         rows += vit_predict_rows(s, device, folder, precision)
         rows += agreement_rows(s, device, folder, ckpt, bf16=low or small)
@@ -429,12 +429,13 @@ def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[
 
 
 @contextlib.contextmanager
-def _folder(work: Path | None) -> Iterator[Path]:
+def work_folder(work: Path | None, prefix: str = "rsfusion_gpu_bench_") -> Iterator[Path]:
+    """``work`` (made if missing), or a temporary folder removed afterwards."""
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
         yield work
         return
-    with tempfile.TemporaryDirectory(prefix="rsfusion_gpu_bench_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

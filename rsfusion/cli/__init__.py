@@ -14,12 +14,28 @@ from rsfusion.errors import ConfigError, UserError
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stdout`` is at each message (a stream
+    replaced since, e.g. by an embedding application or pytest's capture, is followed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def show_messages() -> None:
     """Print the library's progress messages (rsfusion loggers at INFO: weights loaded,
     per-class tables) on stdout, as plain lines; a handler set up by the caller is kept."""
     logger = logging.getLogger("rsfusion")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -228,7 +228,7 @@ class ISPRSDataModule(GeoDataModule):
             )  # fmt: skip
             return
         store = dataset.hold_in_memory()
-        log.debug("data %s: %d tile%s held in memory (%s)", split, n, "s" * (n != 1),
+        log.info("data %s: %d tile%s held in memory (%s)", split, n, "s" * (n != 1),
                   size_text(store.nbytes))  # fmt: skip
 
     def _pin_memory(self) -> bool:

@@ -234,3 +234,150 @@ def test_regrid_writes_a_finished_raster_on_another_grid_with_its_styles(tmp_pat
         (data[:, :16] == 0)[2:].all() and (data[:, 16:] == 1).all() and (data[:2, :2] == 255).all()
     )
     assert not list(tmp_path.glob(".*"))
+
+
+# ------------------------------------------------------------------ compression, level, threads
+def _waves(count: int = 2, seed: int = 3) -> np.ndarray:
+    """A (count, 300, 517) uint8 of smooth waves with a little noise: compressible, so every
+    level gives other tiles."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:300, 0:517]
+    bands = [127 + 100 * np.sin(x / (20 + 7 * b)) * np.cos(y / 31) for b in range(count)]
+    noisy = np.stack(bands) + rng.normal(0, 2, (count, 300, 517))
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def _tile_sizes(path: Path) -> list[int]:
+    """The compressed byte count of every tile of every band (GDAL's TIFF metadata)."""
+    with rasterio.open(path) as src:
+        rows, cols = -(-src.height // 64), -(-src.width // 64)
+        return [int(src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=b))
+                for b in src.indexes for r in range(rows) for c in range(cols)]  # fmt: skip
+
+
+def _reference(path: Path, arr: np.ndarray, **creation) -> Path:
+    """``arr`` written by plain rasterio with the writer's layout and ``creation`` options."""
+    profile = {"driver": "GTiff", "count": arr.shape[0], "dtype": "uint8", "crs": GRID[0],
+               "transform": TRANSFORM, "width": 517, "height": 300, "tiled": True,
+               "blockxsize": 64, "blockysize": 64, "predictor": 2, "interleave": "band"}  # fmt: skip
+    with rasterio.open(path, "w", **profile, **creation) as dst:
+        dst.write(arr)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("compress", "level", "option"),
+    [("deflate", 1, "zlevel"), ("deflate", 9, "zlevel"), ("ZSTD", 1, "zstd_level"),
+     ("zstd", 19, "zstd_level")],
+)  # fmt: skip
+def test_the_level_reaches_gdal(tmp_path: Path, compress: str, level: int, option: str) -> None:
+    arr = _waves()
+    out = tmp_path / "probs.tif"
+    _write(out, arr, chunks=(300,), compress=compress, level=level, nodata=None, colormap=None)
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(), arr)
+        assert src.compression.name.lower() == compress.lower()
+        assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+    name = compress.lower()
+    same = _reference(tmp_path / "same.tif", arr, compress=name, **{option: level})
+    other = _reference(tmp_path / "other.tif", arr, compress=name, **{option: 5})
+    # the level is not stored in a TIFF: the compressed tiles tell it
+    assert _tile_sizes(out) == _tile_sizes(same) != _tile_sizes(other)
+
+
+def test_the_default_compression_and_level(tmp_path: Path) -> None:
+    from rsfusion.inference.writer import LEVELS
+
+    arr = _waves()
+    out = tmp_path / "probs.tif"
+    _write(out, arr, chunks=(300,), nodata=None, colormap=None)
+    default = LEVELS["deflate"][0]
+    ref = _reference(tmp_path / "ref.tif", arr, compress="deflate", zlevel=default)
+    with rasterio.open(out) as src:
+        assert src.compression.name.lower() == "deflate"
+    assert _tile_sizes(out) == _tile_sizes(ref)
+
+
+@pytest.mark.parametrize("compress", ["deflate", "zstd", "lzw", "none"])
+def test_threads_write_the_same_tiles(tmp_path: Path, compress: str) -> None:
+    arr = _waves(3)
+    sizes = []
+    for threads in (1, 3, "ALL_CPUS"):
+        out = tmp_path / f"t{threads}.tif"
+        _write(out, arr, compress=compress, threads=threads, nodata=None, colormap=None)
+        with rasterio.open(out) as src:
+            np.testing.assert_array_equal(src.read(), arr)
+            assert src.compression is None if compress == "none" else (
+                src.compression.name.lower() == compress
+            )  # fmt: skip
+        sizes.append(_tile_sizes(out))
+    assert sizes[0] == sizes[1] == sizes[2]
+    opts = [StreamingGeoTIFF(tmp_path / "n.tif", GRID, 1, "uint8", threads=t).profile
+            for t in (1, 3, "all_cpus")]  # fmt: skip
+    assert [o.get("num_threads") for o in opts] == [None, 3, "ALL_CPUS"]  # what GDAL is given
+
+
+def test_compression_options_refuse_what_gdal_would_not_take() -> None:
+    from rsfusion.errors import PredictionError, UnknownNameError, UserError
+    from rsfusion.inference.writer import compression_options
+
+    assert compression_options() == {"compress": "deflate", "zlevel": 1, "num_threads": "ALL_CPUS"}
+    assert compression_options("zstd", threads=4) == {
+        "compress": "zstd", "zstd_level": 1, "num_threads": 4
+    }  # fmt: skip
+    assert compression_options("none", threads=1) == {"compress": "none"}
+    for bad in ("jpeg", "webp", "deflte", ""):
+        with pytest.raises(UnknownNameError, match="not one of deflate, zstd, lzw, none"):
+            compression_options(bad)
+    with pytest.raises(ValueError):  # what a caller outside the CLI catches
+        compression_options("jpeg")
+    for name, level in (("deflate", 0), ("deflate", 10), ("zstd", 23), ("deflate", 2.5)):
+        with pytest.raises(PredictionError, match=f"level {level!r} for {name}: give"):
+            compression_options(name, level)
+    with pytest.raises(PredictionError, match="lzw takes none"):
+        compression_options("lzw", 3)
+    for threads in (0, -2, "some", True):
+        with pytest.raises(PredictionError, match="threads"):
+            compression_options("deflate", threads=threads)
+    assert issubclass(PredictionError, UserError)
+
+
+def test_an_unknown_compression_writes_nothing(tmp_path: Path) -> None:
+    from rsfusion.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="'jpeg'"):
+        StreamingGeoTIFF(tmp_path / "c.tif", GRID, 1, "uint8", compress="jpeg")
+    with pytest.raises(ValueError, match="predictor 3"):
+        StreamingGeoTIFF(tmp_path / "c.tif", GRID, 1, "uint8", predictor=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predictor_off_keeps_the_pixels(tmp_path: Path) -> None:
+    arr = _classes()
+    out = tmp_path / "classes.tif"
+    _write(out, arr, predictor=1)
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(), arr)
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR", "1") == "1"
+
+
+@pytest.mark.parametrize("method", ["cog", "copy_overviews"])
+def test_to_cog_takes_compression_level_and_threads(tmp_path: Path, method: str) -> None:
+    arr = _waves(1)
+    src_path = tmp_path / "p.tif"
+    _write(src_path, arr, chunks=(300,), nodata=None, colormap=None)
+    sizes = {}
+    for compress, level, threads in (("deflate", 1, 1), ("deflate", 9, "ALL_CPUS"),
+                                     ("deflate", 9, 1), ("zstd", 3, 2)):  # fmt: skip
+        cog = tmp_path / f"cog{compress}{level}_{threads}.tif"
+        to_cog(src_path, cog, blocksize=128, method=method, compress=compress, level=level,
+               threads=threads)  # fmt: skip
+        with rasterio.open(cog) as src:
+            np.testing.assert_array_equal(src.read(), arr)
+            assert src.compression.name.lower() == compress
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        sizes[level, threads] = cog.stat().st_size
+    assert sizes[1, 1] > sizes[9, 1] == sizes[9, "ALL_CPUS"]  # the level reached the COG
+    with pytest.raises(ValueError, match="not one of"):
+        to_cog(src_path, tmp_path / "x.tif", compress="lerc")
+    assert not (tmp_path / "x.tif").exists()

@@ -37,7 +37,7 @@ from rasterio.windows import Window
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.windows import batched, window_grid
 from rsfusion.data.writers import staging_dir
-from rsfusion.errors import PredictionError
+from rsfusion.errors import PredictionError, UserError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
@@ -61,9 +61,11 @@ from rsfusion.inference.reader import (
 )
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import (
+    DEFAULT_THREADS,
     WRITE_ERRORS,
     StreamingGeoTIFF,
     class_dtype,
+    compression_options,
     regrid,
     to_cog,
     write_error,
@@ -122,6 +124,15 @@ class PredictOptions:
     resample_to_gsd: bool = False
     x_missing: str = "nodata"
     blend_on: str = "auto"
+    compress: str = "deflate"
+    compress_level: int | None = None
+    write_threads: int | str = DEFAULT_THREADS
+
+    @property
+    def compression(self) -> dict[str, Any]:
+        """The outputs' compression as writer arguments (``compress``, ``level``, ``threads``)."""
+        return {"compress": self.compress, "level": self.compress_level,
+                "threads": self.write_threads}  # fmt: skip
 
     def check(self) -> None:
         """Refuse values that cannot work (named as the command-line options), before any work.
@@ -151,6 +162,10 @@ class PredictOptions:
         if self.x_missing not in ("nodata", "predict"):
             raise PredictionError(f"--x-missing {self.x_missing}: use nodata or predict")
         parse_rgb_scale(self.rgb_scale)
+        try:
+            compression_options(self.compress, self.compress_level, self.write_threads)
+        except UserError as err:
+            raise PredictionError(f"{err} (--compress, --compress-level, --write-threads)") from err
 
     def memory(
         self, width: int, height: int, window: int, overlap: int, bands: int, classes: int
@@ -341,7 +356,15 @@ def predict_pair(
         with contextlib.ExitStack() as stack:
             writers = {
                 name: stack.enter_context(
-                    StreamingGeoTIFF(streamed[name], profile, count, dt, nodata=nd, **styles[name])
+                    StreamingGeoTIFF(
+                        streamed[name],
+                        profile,
+                        count,
+                        dt,
+                        nodata=nd,
+                        **styles[name],
+                        **opts.compression,
+                    )  # fmt: skip
                 )
                 for name, (count, dt, nd) in outputs.items()
             }
@@ -389,10 +412,11 @@ def predict_pair(
                 assert staging is not None
                 target = staging / f"grid-{final.name}" if opts.cog else final
                 staged[target] = final
-                regrid(path, target, plan.grid, _regrid_resampling(name, plan), **styles[name])
+                regrid(path, target, plan.grid, _regrid_resampling(name, plan), **styles[name],
+                       **opts.compression)  # fmt: skip
                 path = target
             if opts.cog:  # tiled GeoTIFF first (bounded memory), then the COG
-                to_cog(path, final)
+                to_cog(path, final, **opts.compression)
             landed[name] = final
         write_styles(landed, classes, palette)
     except PredictionError as err:  # name the output, not its staged copy

@@ -329,3 +329,25 @@ def test_the_model_is_rebuilt_for_a_checkpoint(ckpt, monkeypatch):
     monkeypatch.setattr(predict_module, "build_model", spy)
     load_predictor(ckpt)
     assert seen == ["checkpoint"]
+
+
+def test_compression_options_reach_every_output(ckpt, vaihingen_root, tmp_path, capsys):
+    rgb, x = _pair(vaihingen_root)
+    base = ["--ckpt", str(ckpt), "--rgb", str(rgb), "--x", str(x), "--window", "32"]
+    assert predict_main([*base, "--out", str(tmp_path / "z"), "--probs", "--compress", "zstd",
+                         "--compress-level", "3", "--write-threads", "1"]) == 0  # fmt: skip
+    assert predict_main([*base, "--out", str(tmp_path / "d")]) == 0
+    for name in ("classes", "probs"):
+        with rasterio.open(tmp_path / "z" / f"{rgb.stem}_{name}.tif") as src:
+            assert src.compression.name == "zstd"
+    with (
+        rasterio.open(tmp_path / "d" / f"{rgb.stem}_classes.tif") as a,
+        rasterio.open(tmp_path / "z" / f"{rgb.stem}_classes.tif") as b,
+    ):
+        assert a.compression.name == "deflate" and np.array_equal(a.read(), b.read())
+    capsys.readouterr()
+    assert predict_main([*base, "--out", str(tmp_path / "bad"), "--compress", "lzw",
+                         "--compress-level", "3"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--compress-level" in err[0]
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())

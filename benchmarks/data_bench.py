@@ -64,6 +64,7 @@ class Sizes:
     steps: int = 20  # timed fit steps
     workers: tuple[int, ...] = (0, 1)
     repeats: int = 3  # loader epochs, the best counts
+    model: dict[str, Any] | None = None  # ModelConfig fields instead of the tiny U-Net's
 
 
 def scene(work: Path, tile: int) -> Path:
@@ -88,7 +89,8 @@ def config(root: Path, s: Sizes, in_memory: bool, workers: int, batches: int) ->
             f"data.num_workers={workers}",
         ],
     )
-    model = dataclasses.replace(cfg.model, backbone=TINY_BACKBONE, kwargs=dict(TINY_UNET))
+    fields = s.model or {"backbone": TINY_BACKBONE, "kwargs": dict(TINY_UNET)}
+    model = dataclasses.replace(cfg.model, **fields)
     return dataclasses.replace(cfg, model=model)
 
 
@@ -139,6 +141,7 @@ class Clock(L.Callback):
 def _trainer(steps: int, stamps: list[float], device: torch.device) -> L.Trainer:
     return L.Trainer(
         max_steps=steps + 3, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[Clock(stamps, device)],
@@ -206,7 +209,8 @@ def run(s: Sizes, work: Path) -> list[Row]:
         for in_memory in (False, True):
             steps[in_memory, workers] = fit_step(root, s, in_memory, workers, device)
     ideal = min(ideal, premade_step(root, s, device))  # again after the other fits: the faster
-    where = f"tiny U-Net, batch {s.batch}, {s.window}^2, {s.tile} px tiles"
+    name = s.model["name"] + " " + s.model["backbone"] if s.model else "tiny U-Net"
+    where = f"{name}, batch {s.batch}, {s.window}^2, {s.tile} px tiles"
     rows.append(("fit on pre-made batches", f"{1 / ideal:.2f}", f"it/s; {where}"))
     for (in_memory, workers), step in steps.items():
         path = "in memory" if in_memory else "torchgeo path"

@@ -407,6 +407,24 @@ def mfu_row(name: str, spec: ModelSpec, n: int, px: int, s: Sizes, device: torch
             f"{ops} operators per eager step")  # fmt: skip
 
 
+def data_path_rows(s: Sizes, small: bool, work: Path) -> list[Row]:
+    """train.py's data path: steps/s of a fit of the MoBaNet ViT fed by the real datamodule
+    (demo scene of 4 tiles, in memory and through torchgeo) over the same fit on pre-made
+    batches (:mod:`data_bench`)."""
+    import data_bench
+
+    from rsfusion.data.datamodule import auto_workers
+
+    model = {"name": "mobanet", "backbone": s.vit, "kwargs": dict(s.vit_kwargs)}
+    sizes = data_bench.Sizes(
+        tile=128 if small else 2048, window=s.train_px, batch=s.train_batch,
+        batches=2 if small else 20, steps=s.train_steps if small else 20,
+        workers=(0,) if small else tuple(sorted({0, auto_workers()})), repeats=1, model=model,
+    )  # fmt: skip
+    rows = data_bench.run(sizes, work / "data_path")
+    return [row for row in rows if row[0].startswith(("data path ratio", "fit on pre-made"))]
+
+
 def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[Row]:
     """Every row of the table, as (measure, value, note)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -419,6 +437,8 @@ def run(small: bool, ckpt: str | None = None, work: Path | None = None) -> list[
         rows += vit_predict_rows(s, device, folder, precision)
         rows += agreement_rows(s, device, folder, ckpt, bf16=low or small)
     rows += train_loop_rows(s, device, low)
+    with work_folder(work) as folder:
+        rows += data_path_rows(s, small, folder)
     ktb = ModelSpec("ktb", 6, 3, 1, backbone=s.swin, kwargs=s.swin_kwargs,
                     backbone_mode="stochastic_depth", drop_path_rate=0.3)  # fmt: skip
     rows.append(mfu_row(f"KTB {s.swin}", ktb, s.ktb_batch, s.ktb_px, s, device, low))

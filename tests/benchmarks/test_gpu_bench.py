@@ -20,6 +20,9 @@ ROWS = (
     "bf16 vs fp32 equal pixels, fp32 stages 1",
     "bf16 vs fp32 equal pixels, fp32 stages 0",
     "training loop / bare step, MoBaNet",
+    "fit on pre-made batches",
+    "data path ratio, torchgeo path, 0 workers",
+    "data path ratio, in memory, 0 workers",
     "MFU, KTB",
     "MFU, KTB",  # compiled: n/a on a CPU
     "MFU, MoBaNet",

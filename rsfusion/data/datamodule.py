@@ -46,8 +46,9 @@ from rsfusion.data.normalise import XNorm
 from rsfusion.data.raster_facts import inputs_record
 from rsfusion.data.samplers import SeededRandomGeoSampler, TileGridSampler
 from rsfusion.data.tiles import find_tiles
-from rsfusion.data.tilestore import available_memory, size_text
+from rsfusion.data.tilestore import size_text
 from rsfusion.errors import ConfigError, UserError
+from rsfusion.hostmem import host_available as available_memory
 
 log = logging.getLogger(__name__)
 

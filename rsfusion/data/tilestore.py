@@ -29,9 +29,7 @@ the two cases (per process).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -377,37 +375,6 @@ def store_bytes(rasters: list[tuple[str, str]]) -> int:
             else:
                 total += pixels * (1 if src.count == 3 else np.dtype(src.dtypes[0]).itemsize)
     return total
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def available_memory(
-    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
-) -> int | None:
-    """Bytes this process may still take: ``MemAvailable``, capped by what a container's cgroup
-    limit leaves (v2, then v1); None when neither can be read (not Linux)."""
-    found: list[int] = []
-    try:
-        match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
-    except OSError:
-        match = None
-    if match:
-        found.append(int(match[1]) * 1024)
-    for limit_file, usage_file in (
-        (cgroup / "memory.max", cgroup / "memory.current"),
-        (cgroup / "memory" / "memory.limit_in_bytes", cgroup / "memory" / "memory.usage_in_bytes"),
-    ):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 1 << 60:
-            found.append(max(limit - usage, 0))
-            break
-    return min(found) if found else None
 
 
 def size_text(n: int) -> str:

@@ -17,51 +17,19 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 from rsfusion.errors import PredictionError
+from rsfusion.hostmem import cpu_budget
 
 GIB = 1 << 30
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        text = Path(path).read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def available_memory() -> int:
     """Bytes this process may still allocate: the kernel's MemAvailable, capped by the room
-    left under a cgroup (container) limit; very large when neither can be read."""
-    available = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            available = 1 << 62
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 1 << 60:
-            available = min(available, max(limit - usage, 0))
-            break
-    return available
+    left under a cgroup (container) limit (:func:`rsfusion.hostmem.cpu_budget`); very large
+    when neither can be read."""
+    budget = cpu_budget()
+    return budget.bytes if budget is not None else 1 << 62
 
 
 def prediction_memory(

@@ -17,7 +17,7 @@ from rsfusion.data.demo import make_demo_scene, synth_scene, write_tile
 from rsfusion.data.isprs import ISPRSDataset
 from rsfusion.data.normalise import XNorm
 from rsfusion.data.samplers import SeededRandomGeoSampler, TileGridSampler
-from rsfusion.data.tilestore import available_memory, size_text
+from rsfusion.data.tilestore import size_text
 from rsfusion.data.writers import write_geotiff
 from rsfusion.errors import LabelColourError
 
@@ -223,16 +223,5 @@ def test_transforms_apply_to_the_held_samples(vaihingen_root):
     _assert_all_same(plain, held, _queries(plain, 16, n=5))
 
 
-def test_available_memory_takes_the_smaller_of_meminfo_and_the_cgroup(tmp_path):
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal: 8000000 kB\nMemAvailable:    4000000 kB\n")
-    cgroup = tmp_path / "cgroup"
-    cgroup.mkdir()
-    assert available_memory(meminfo, cgroup) == 4000000 * 1024
-    (cgroup / "memory.max").write_text("3000000000\n")
-    (cgroup / "memory.current").write_text("1000000000\n")
-    assert available_memory(meminfo, cgroup) == 2000000000
-    (cgroup / "memory.max").write_text("max\n")
-    assert available_memory(meminfo, cgroup) == 4000000 * 1024
-    assert available_memory(tmp_path / "absent", cgroup) is None
+def test_sizes_in_words():
     assert size_text(2000000000) == "1.86 GiB"

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "rsfusion"
 #: the layer of each top-level module or subpackage of rsfusion
 LAYERS = {
     "errors": 0, "config": 0, "config_schema": 0, "catalog": 0, "registry": 0, "paths": 0,
-    "yamlio": 0, "allocator": 0, "data": 1, "models": 1, "training": 2, "inference": 2, "cli": 3,
+    "yamlio": 0, "allocator": 0, "hostmem": 0, "data": 1, "models": 1, "training": 2, "inference": 2, "cli": 3,
 }  # fmt: skip
 #: imports that look up on purpose: lazy loaders of built-in plugins, inside a function
 ALLOWED = {

@@ -14,22 +14,7 @@ from rsfusion.errors import UserError
 
 @pytest.fixture
 def datamodule(vaihingen_root):
-    cfg = load_config(
-        "demo_baseline",
-        [
-            f"data.root={vaihingen_root}",
-            "data.window=16",
-            "data.batch_size=3",
-            "data.train_tiles=[1,3,5]",
-            "data.val_tiles=[2,4]",
-            "data.samples_per_epoch=6",
-        ],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dm = ISPRSDataModule(cfg.data, seed=7)
-        dm.setup("fit")
-    return dm
+    return _module(vaihingen_root, augment=False)
 
 
 def test_train_batches_are_random_windows_with_separate_modalities(datamodule):
@@ -72,7 +57,10 @@ def test_describe_holds_what_prediction_needs(datamodule):
     assert meta["rgb_norm"]["mean"][0] == pytest.approx(123.675)
 
 
-def _module(vaihingen_root, *extra, stage="fit"):
+def _module(vaihingen_root, *extra, stage="fit", augment=True):
+    """The demo_baseline datamodule on the fake Vaihingen tiles, 16 px windows, set up for
+    ``stage``; ``augment``: with rot90 and colour jitter."""
+    augmentation = ["data.augment.rot90=true", "data.augment.color_jitter=0.2"] if augment else []
     cfg = load_config(
         "demo_baseline",
         [
@@ -82,8 +70,7 @@ def _module(vaihingen_root, *extra, stage="fit"):
             "data.train_tiles=[1,3,5]",
             "data.val_tiles=[2,4]",
             "data.samples_per_epoch=6",
-            "data.augment.rot90=true",
-            "data.augment.color_jitter=0.2",
+            *augmentation,
             *extra,
         ],
     )

@@ -89,6 +89,8 @@ def check_memory(need: dict[str, int], what: str, fix: str, available: int | Non
     )
 
 
+#: windows per forward pass when none is given and no GPU's memory decides (CPUs, ONNX Runtime)
+DEFAULT_BATCH = 4
 #: the share of the GPU's free memory an automatic batch may take (the rest: fragmentation,
 #: cuDNN workspaces, the allocator's rounding)
 GPU_BATCH_SHARE = 0.8

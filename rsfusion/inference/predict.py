@@ -41,16 +41,17 @@ from rsfusion.errors import PredictionError, UserError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
-from rsfusion.inference.device_blend import DeviceBandAccumulator, HostCopies, band_outputs
+from rsfusion.inference.device_blend import (
+    DeviceBandAccumulator,
+    HostCopies,
+    check_device_memory,
+    device_plan,
+    out_of_memory,
+    run_on_device,
+)
 from rsfusion.inference.folder import output_stem
 from rsfusion.inference.inputs import PairPlan, check_pair, parse_rgb_scale, report
-from rsfusion.inference.memory import (
-    MAX_AUTO_BATCH,
-    band_rows,
-    check_memory,
-    choose_batch,
-    prediction_memory,
-)
+from rsfusion.inference.memory import DEFAULT_BATCH, check_memory, prediction_memory
 from rsfusion.inference.reader import (
     InputNorm,
     PairSpec,
@@ -74,9 +75,6 @@ from rsfusion.models.backbones.factory import building_for
 from rsfusion.models.base import build_model
 from rsfusion.models.checkpoint import CheckpointMeta, check_frozen, read_checkpoint
 from rsfusion.models.engine import migrate_state_dict
-
-#: windows per forward pass when none is given and no GPU's memory decides (CPUs, ONNX Runtime)
-DEFAULT_BATCH = 4
 
 
 @dataclass
@@ -399,7 +397,7 @@ def predict_pair(
                 if device_acc is None:
                     sink.put((batch, _run(runner, rgb_b, x_b, spec.norm), next_row))
                 else:
-                    for item in _run_on_device(
+                    for item in run_on_device(
                         runner, rgb_b, x_b, spec.norm, batch, device_acc, next_row, extra,
                         lambda wn: _weights(weights, base_weights, wn, window, h, w),
                     ):  # fmt: skip
@@ -470,121 +468,8 @@ def write_styles(
 
 def _run(runner: ModelRunner, rgb: np.ndarray, x: np.ndarray | None, norm: InputNorm) -> Any:
     """The runner's logits; running out of GPU memory is a user error with the fix."""
-    with _out_of_memory(runner, rgb):
+    with out_of_memory(runner, rgb):
         return runner(rgb, x, norm)
-
-
-def _run_on_device(
-    runner: ModelRunner,
-    rgb: np.ndarray,
-    x: np.ndarray | None,
-    norm: InputNorm,
-    batch: Sequence[Window],
-    acc: DeviceBandAccumulator,
-    next_row: int,
-    extra: tuple[bool, bool],
-    weights: Any,
-) -> list[tuple[int, HostCopies]]:
-    """Run a batch, blend it on the device and start copying back the finished rows' outputs
-    (:mod:`rsfusion.inference.device_blend`); nothing here waits for the GPU."""
-    with _out_of_memory(runner, rgb):
-        logits = runner.run(rgb, x, norm)
-        for wn, lg in zip(batch, logits):
-            acc.add(wn, lg, _device_weights(weights(wn), runner.device))
-        return [
-            (row, HostCopies(band_outputs(block, *extra))) for row, block, _ in acc.flush(next_row)
-        ]
-
-
-def _device_weights(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A (cached) weight map on the device, copied there once per map."""
-    key = (id(array), str(device))
-    if _DEVICE_WEIGHTS.get(key, (None,))[0] is not array:
-        _DEVICE_WEIGHTS.clear() if len(_DEVICE_WEIGHTS) > 64 else None
-        _DEVICE_WEIGHTS[key] = (array, torch.from_numpy(array).to(device))
-    return _DEVICE_WEIGHTS[key][1]
-
-
-_DEVICE_WEIGHTS: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
-
-
-@contextlib.contextmanager
-def _out_of_memory(runner: ModelRunner, rgb: np.ndarray) -> Iterator[None]:
-    try:
-        yield
-    except torch.OutOfMemoryError as err:
-        raise PredictionError(
-            f"out of memory on {runner.device} running the model on {len(rgb)} window(s) of "
-            f"{rgb.shape[-1]} px: use a smaller --batch-size or --window ({err})"
-        ) from err
-
-
-def device_plan(
-    opts: PredictOptions,
-    runner: ModelRunner,
-    meta: CheckpointMeta,
-    window: int,
-    overlap: int,
-    size: tuple[int, int],
-    windows: int,
-) -> tuple[int, bool]:
-    """The batch size and whether to blend on the device, for a raster of ``size`` (w, h).
-
-    On a GPU (a PyTorch model): the band of blended rows goes on the device when it takes at
-    most :data:`DEVICE_BAND_SHARE` of the free memory (``blend_on="auto"``), and an automatic
-    batch is the most windows that fit in the rest
-    (:func:`~rsfusion.inference.memory.choose_batch`, from the runner's measured
-    :meth:`~rsfusion.inference.runner.ModelRunner.window_memory`, cached per window size).
-    Elsewhere: :data:`DEFAULT_BATCH` and the host, unless ``blend_on="device"``.
-    """
-    gpu = runner.device.type == "cuda" and not callable(getattr(runner.model, "describe", None))
-    if not gpu:
-        return opts.batch_size or DEFAULT_BATCH, opts.blend_on == "device"
-    width, height = size
-    k, stride = len(meta.classes), window - overlap
-    free = gpu_free_memory(runner.device)
-    rows = band_rows(height, width, window, stride, opts.batch_size or MAX_AUTO_BATCH)
-    band = DeviceBandAccumulator.nbytes_for(width, k, rows)
-    on_device = opts.blend_on == "device" or (
-        opts.blend_on == "auto" and band <= DEVICE_BAND_SHARE * free
-    )
-    if opts.batch_size is not None:
-        return opts.batch_size, on_device
-    probes: dict = runner.__dict__.setdefault("window_memory_cache", {})
-    key = (window, len(meta.rgb_bands), len(meta.x_bands))
-    if key not in probes:
-        with _out_of_memory(runner, np.zeros((1, 1, window))):
-            probes[key] = runner.window_memory(key[1], key[2], window)
-        free = gpu_free_memory(runner.device)
-    fixed, per_window = probes[key]
-    reserved = fixed + (band if on_device else 0)
-    return choose_batch(free, per_window, reserved, windows), on_device
-
-
-#: the most of a GPU's free memory the band of blended rows may take (else blended on the host)
-DEVICE_BAND_SHARE = 0.25
-
-
-def gpu_free_memory(device: torch.device) -> int:
-    """Bytes free on a GPU, counting what torch's caching allocator holds but does not use."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def check_device_memory(
-    runner: ModelRunner, window: int, bands: int, classes: int, batch: int
-) -> None:
-    """Refuse a batch whose inputs and logits alone exceed the GPU's free memory."""
-    if runner.device.type != "cuda":
-        return
-    free = gpu_free_memory(runner.device)
-    views = len(runner.scales) * (2 if runner.flip else 1)
-    need = {"inputs": batch * bands * window * window * 4}
-    need["logits"] = 2 * views * batch * classes * window * window * 4
-    check_memory(
-        need, f"running the model on {runner.device} (window {window}, batch {batch})",
-        "use a smaller --window or --batch-size", available=free,
-    )  # fmt: skip
 
 
 def _progress(opts: PredictOptions, stem: str, mpix: float, runner: ModelRunner) -> Any:

@@ -211,29 +211,17 @@ def run_on_device(
     acc: DeviceBandAccumulator,
     next_row: int,
     extra: tuple[bool, bool],
-    weights: Callable[[Window], np.ndarray],
+    weights: Callable[[Window], Tensor],
 ) -> list[tuple[int, HostCopies]]:
     """Run a batch, blend it on the device and start copying back the finished rows' outputs
-    (:mod:`rsfusion.inference.device_blend`); nothing here waits for the GPU."""
+    (``weights``: a window's blending weights on the device); nothing here waits for the GPU."""
     with out_of_memory(runner, rgb):
         logits = runner.run(rgb, x, norm)
         for wn, lg in zip(batch, logits):
-            acc.add(wn, lg, _device_weights(weights(wn), runner.device))
+            acc.add(wn, lg, weights(wn))
         return [
             (row, HostCopies(band_outputs(block, *extra))) for row, block, _ in acc.flush(next_row)
         ]
-
-
-def _device_weights(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A (cached) weight map on the device, copied there once per map."""
-    key = (id(array), str(device))
-    if _DEVICE_WEIGHTS.get(key, (None,))[0] is not array:
-        _DEVICE_WEIGHTS.clear() if len(_DEVICE_WEIGHTS) > 64 else None
-        _DEVICE_WEIGHTS[key] = (array, torch.from_numpy(array).to(device))
-    return _DEVICE_WEIGHTS[key][1]
-
-
-_DEVICE_WEIGHTS: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
 
 
 @contextlib.contextmanager
@@ -278,13 +266,9 @@ def device_plan(
     )
     if opts.batch_size is not None:
         return opts.batch_size, on_device
-    probes: dict = runner.__dict__.setdefault("window_memory_cache", {})
-    key = (window, len(meta.rgb_bands), len(meta.x_bands))
-    if key not in probes:
-        with out_of_memory(runner, np.zeros((1, 1, window))):
-            probes[key] = runner.window_memory(key[1], key[2], window)
-        free = gpu_free_memory(runner.device)
-    fixed, per_window = probes[key]
+    with out_of_memory(runner, np.zeros((1, 1, window))):  # measured once per window size
+        fixed, per_window = runner.window_memory(len(meta.rgb_bands), len(meta.x_bands), window)
+    free = gpu_free_memory(runner.device)
     reserved = fixed + (band if on_device else 0)
     return choose_batch(free, per_window, reserved, windows), on_device
 

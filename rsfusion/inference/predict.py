@@ -368,6 +368,7 @@ def predict_pair(
             }
             bar = stack.enter_context(_progress(opts, stem, h * w / 1e6, runner))
             weights: dict[tuple[bool, ...], np.ndarray] = {}  # by the raster sides touched
+            device_weights: dict[tuple[bool, ...], torch.Tensor] = {}  # the same, on the device
             # the pixels with data: own handles, read by the writing thread only
             handles = stack.enter_context(open_pair(spec, None))
             valid = ValidPixels(
@@ -399,7 +400,9 @@ def predict_pair(
                 else:
                     for item in run_on_device(
                         runner, rgb_b, x_b, spec.norm, batch, device_acc, next_row, extra,
-                        lambda wn: _weights(weights, base_weights, wn, window, h, w),
+                        lambda wn: _weights(
+                            device_weights, base_weights, wn, window, h, w, runner.device
+                        ),
                     ):  # fmt: skip
                         sink.put(item)
                 bar.update(len(batch) / len(wins) * h * w / 1e6)
@@ -486,21 +489,24 @@ def _progress(opts: PredictOptions, stem: str, mpix: float, runner: ModelRunner)
 
 
 def _weights(
-    cache: dict[tuple[bool, ...], np.ndarray],
+    cache: dict[tuple[bool, ...], Any],
     base: np.ndarray | None,
     win: Window,
     window: int,
     height: int,
     width: int,
-) -> np.ndarray:
-    """A window's blending weights: they depend only on which raster sides it touches."""
+    device: torch.device | None = None,
+) -> Any:
+    """A window's blending weights: they depend only on which raster sides it touches (an
+    array, or with ``device`` a tensor copied there once per combination of sides)."""
     r, c = int(win.row_off), int(win.col_off)
     key = (r <= 0, r + window >= height, c <= 0, c + window >= width)
     if key not in cache:
-        cache[key] = (
+        weights = (
             np.ones((window, window), np.float32) if base is None
             else edge_aware(base, win, height, width)
         )  # fmt: skip
+        cache[key] = weights if device is None else torch.from_numpy(weights).to(device)
     return cache[key]
 
 

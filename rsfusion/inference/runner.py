@@ -122,6 +122,7 @@ class ModelRunner:
         fold_bn: bool = True,
     ) -> None:
         self.pad_multiple = max(1, pad_multiple)
+        self._window_memory: dict[tuple[int, int, int], tuple[int, int]] = {}
         self.fold_pending = fold_bn
         self.folded = 0
         self.device = resolve_device(device)
@@ -224,12 +225,15 @@ class ModelRunner:
         what is allocated already, as ``fixed + batch * per_window`` bytes at its peak.
 
         Measured with forward passes of one and two zero windows (after a first pass that
-        also folds the BatchNorms), so it includes the views of test-time augmentation, the
-        precision and the memory format; :func:`~rsfusion.inference.memory.choose_batch`
-        turns it into a batch size.
+        also folds the BatchNorms), once per window size and bands, so it includes the views of
+        test-time augmentation, the precision and the memory format;
+        :func:`~rsfusion.inference.memory.choose_batch` turns it into a batch size.
         """
         if self.device.type != "cuda":
             raise ValueError(f"window_memory measures a GPU, not {self.device}")
+        key = (rgb_bands, x_bands, window)
+        if key in self._window_memory:  # measured already
+            return self._window_memory[key]
         peaks = []
         for batch in (1, 1, 2):
             rgb = np.zeros((batch, rgb_bands, window, window), np.float32)
@@ -241,7 +245,8 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
             peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
         per_window = max(peaks[2] - peaks[1], 1)
-        return max(peaks[1] - per_window, 0), per_window
+        self._window_memory[key] = (max(peaks[1] - per_window, 0), per_window)
+        return self._window_memory[key]
 
     @torch.inference_mode()
     def run(

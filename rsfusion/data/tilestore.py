@@ -29,7 +29,7 @@ the two cases (per process).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -188,7 +188,10 @@ def _read(dataset: RasterDataset, source: str) -> tuple[np.ndarray, np.ndarray, 
         handle.close()
 
 
-def _orthophoto_layer(dataset: RasterDataset, source: str) -> Layer | None:
+def _filled(dataset: Any, source: str) -> Layer | None:
+    """The whole raster with its masked pixels at the fill value torchgeo's merge leaves there
+    (None: torchgeo's path, see :func:`_read` and :func:`_fill_value`); ``Layer.fill`` in the
+    raster's dtype."""
     read = _read(dataset, source)
     if read is None:
         return None
@@ -196,8 +199,12 @@ def _orthophoto_layer(dataset: RasterDataset, source: str) -> Layer | None:
     fill = _fill_value(nodata, dtype)
     if fill is None:
         return None
-    data[mask] = fill  # merge leaves masked pixels at its fill value
+    data[mask] = fill
     return Layer(data, np.asarray(fill, dtype)[()], left, top, res, bounds)
+
+
+def _orthophoto_layer(dataset: RasterDataset, source: str) -> Layer | None:
+    return _filled(dataset, source)
 
 
 def _elevation_layer(dataset: Any, source: str) -> Layer | None:
@@ -234,16 +241,13 @@ def _label_layer(dataset: Any, source: str) -> Layer | None:
     ones decoded by the card's palette (None if a colour is not in it: torchgeo raises then)."""
     from rsfusion.errors import LabelColourError
 
-    read = _read(dataset, source)
-    if read is None:
+    layer = _filled(dataset, source)
+    if layer is None:
         return None
-    data, mask, ((left, top, res), bounds, nodata, dtype) = read
-    fill = _fill_value(nodata, dtype)
-    if fill is None:
-        return None
-    data[mask] = fill
+    data, fill, dtype = layer.array, layer.fill, layer.array.dtype
+    left, top, res, bounds = layer.left, layer.top, layer.res, layer.bounds
     if data.shape[0] == 1:
-        return Layer(data[0], np.asarray(fill, dtype)[()], left, top, res, bounds)
+        return replace(layer, array=data[0])
     if data.shape[0] != 3:
         return None  # the decoder refuses it, naming the window: torchgeo's path
 

@@ -43,10 +43,10 @@ from rsfusion.inference.api import (
     check_out_dir,
     predict,
 )
+from rsfusion.inference.compression import COMPRESSIONS, DEFAULT_THREADS
 from rsfusion.inference.folder import Pair
 from rsfusion.inference.predict import PredictOptions
 from rsfusion.inference.runner import resolve_device
-from rsfusion.inference.writer import COMPRESSIONS, DEFAULT_THREADS
 
 
 def build_parser() -> argparse.ArgumentParser:

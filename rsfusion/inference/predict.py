@@ -41,6 +41,7 @@ from rsfusion.errors import PredictionError, UserError
 from rsfusion.inference.accumulator import RowBandAccumulator
 from rsfusion.inference.background import Background
 from rsfusion.inference.blending import edge_aware, weight_map
+from rsfusion.inference.compression import DEFAULT_THREADS, compression_options
 from rsfusion.inference.device_blend import (
     DeviceBandAccumulator,
     HostCopies,
@@ -62,11 +63,9 @@ from rsfusion.inference.reader import (
 )
 from rsfusion.inference.runner import ModelRunner
 from rsfusion.inference.writer import (
-    DEFAULT_THREADS,
     WRITE_ERRORS,
     StreamingGeoTIFF,
     class_dtype,
-    compression_options,
     regrid,
     to_cog,
     write_error,
